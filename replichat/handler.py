@@ -1,0 +1,336 @@
+# -*- test-case-name: tests.test_handler -*-
+"""
+What each client op does: check the session, read the state, or turn the
+request into a command for the node and wait for its outcome.
+
+The handler is the only place that sees both a connection's session and the
+node.  It fills in everything nondeterministic a command needs before it is
+logged (the time, a password hash, a session token's hash), so that applying
+the command is pure.  Reads are answered from this server's applied state;
+writes go through L{Node.propose} and are answered only once committed.
+
+A connection (L{replichat.lineproto.ClientProtocol}) gives the handler a
+L{Session} and receives pushed messages through C{push_message}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections import deque
+from typing import Any, Protocol
+
+from attrs import define
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from replichat import errors
+from replichat.errors import ChatError
+from replichat.requests import MUTATING, Request
+
+#: How long failed logins are remembered for rate limiting, in seconds.
+LOGIN_WINDOW = 60.0
+
+
+class Connection(Protocol):
+    """
+    What the handler needs of a client connection.
+    """
+
+    session: "Session"
+
+    def push_message(self, message: dict) -> None: ...
+
+
+@define
+class Session:
+    """
+    Who a connection is logged in as, if anyone.
+    """
+
+    uid: int | None = None
+    username: str | None = None
+    token_hash: str | None = None
+
+
+def token_hash(token: str) -> str:
+    """
+    The form in which a session token is stored and logged: a token read
+    from a log or a snapshot grants nothing.
+    """
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class ChatHandler:
+    """
+    Runs client ops against a node.
+
+    @param node: the L{replichat.node.Node}.
+    @param hasher: a L{replichat.passwords.PasswordHasher}.
+    @param cluster: a L{replichat.config.Config} (addresses for C{hello}).
+    @param limits: the config's limits.
+    """
+
+    log = Logger()
+
+    def __init__(self, node, hasher, cluster, limits, clock) -> None:
+        self.node = node
+        self.hasher = hasher
+        self.cluster = cluster
+        self.limits = limits
+        self.clock = clock
+        self._online: dict[int, set[Connection]] = {}
+        self._failed_logins: dict[str, deque] = {}
+        node.add_push_observer(self._push)
+
+    # -- connections and pushes ---------------------------------------------
+
+    def connection_lost(self, connection: Connection) -> None:
+        """
+        Forget a closed connection.
+        """
+        self._set_session(connection, Session())
+
+    def _set_session(self, connection: Connection, session: Session) -> None:
+        old = connection.session.uid
+        if old is not None:
+            online = self._online.get(old, set())
+            online.discard(connection)
+            if not online:
+                self._online.pop(old, None)
+        connection.session = session
+        if session.uid is not None:
+            self._online.setdefault(session.uid, set()).add(connection)
+
+    def _push(self, uid: int, message: dict) -> None:
+        for connection in list(self._online.get(uid, ())):
+            connection.push_message(message)
+
+    def online_count(self, uid: int) -> int:
+        """
+        How many connections are logged in as C{uid}.
+        """
+        return len(self._online.get(uid, ()))
+
+    # -- dispatch ------------------------------------------------------------
+
+    def handle(self, connection: Connection, request: Request) -> Deferred:
+        """
+        Run one request.
+
+        @return: a Deferred firing with the C{result} object, or failing
+            with L{ChatError}.
+        """
+        return Deferred.fromCoroutine(self._handle(connection, request))
+
+    async def _handle(self, connection: Connection, request: Request) -> dict:
+        if request.op in MUTATING:
+            self._require_leader()
+        method = getattr(self, "op_" + request.op)
+        return await method(connection, request, **request.args)
+
+    def _require_leader(self) -> None:
+        node = self.node
+        if node.role == "leader":
+            return
+        leader = self._leader()
+        if leader is None:
+            raise ChatError(errors.UNAVAILABLE, "no leader is known yet; retry shortly")
+        raise ChatError(
+            errors.NOT_LEADER, "node %d is the leader" % (leader["id"],), leader=leader
+        )
+
+    def _leader(self) -> dict | None:
+        leader_id = self.node.node_id if self.node.role == "leader" else None
+        if leader_id is None:
+            return None
+        address = self.cluster.node(leader_id)
+        return {"id": leader_id, "host": address.host, "port": address.client_port}
+
+    def _session_account(self, connection: Connection) -> Any:
+        session = connection.session
+        if session.uid is None:
+            raise ChatError(errors.NOT_LOGGED_IN, "log in first")
+        account = self.node.state.accounts.get(session.uid)
+        if account is None or self.node.state.session(session.token_hash) is not account:
+            self._set_session(connection, Session())
+            raise ChatError(errors.NOT_LOGGED_IN, "this session has ended; log in again")
+        return account
+
+    async def _commit(self, request: Request, command: dict) -> dict:
+        """
+        Propose a command carrying the request's rid and fingerprint; return
+        its result or raise its error.
+        """
+        if request.rid is not None:
+            command["rid"] = request.rid
+            command["fp"] = request.fingerprint()
+        command.setdefault("ts", self.clock.seconds())
+        outcome = await self.node.propose(command)
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.result
+
+    # -- ops -----------------------------------------------------------------
+
+    async def op_hello(self, connection: Connection, request: Request) -> dict:
+        node = self.node
+        return {
+            "node": node.node_id,
+            "role": node.role,
+            "epoch": node.epoch,
+            "leader": self._leader(),
+        }
+
+    async def op_cluster(self, connection: Connection, request: Request) -> dict:
+        node = self.node
+        nodes = []
+        for address in self.cluster.nodes.values():
+            me = address.id == node.node_id
+            nodes.append(
+                {
+                    "id": address.id,
+                    "host": address.host,
+                    "client_port": address.client_port,
+                    "role": node.role if me else "unknown",
+                    "live": me,
+                    "last_index": node.last_index if me else None,
+                    "commit_index": node.commit_index if me else None,
+                }
+            )
+        return {"leader": self._leader(), "epoch": node.epoch, "nodes": nodes}
+
+    async def op_create_account(
+        self, connection: Connection, request: Request, username: str, password: str
+    ) -> dict:
+        state = self.node.state
+        if request.rid is None or not state.remembered(request.rid):
+            # Fail fast on a taken name: hashing costs tens of milliseconds.
+            # A retried rid skips this so it gets its first answer.
+            if state.account_named(username) is not None:
+                raise ChatError(errors.USERNAME_TAKEN, "username %r is taken" % (username,))
+        record = await self.hasher.hash(password)
+        return await self._commit(
+            request,
+            {"op": "create_account", "who": None, "username": username, "password": record},
+        )
+
+    async def op_login(
+        self, connection: Connection, request: Request, username: str, password: str
+    ) -> dict:
+        self._check_login_rate(username)
+        account = self.node.state.account_named(username)
+        record = None if account is None else account.password
+        if not await self.hasher.check(password, record):
+            self._failed_logins.setdefault(username, deque()).append(self.clock.seconds())
+            raise ChatError(errors.BAD_CREDENTIALS, "wrong username or password")
+        token = secrets.token_urlsafe(32)
+        hashed = token_hash(token)
+        result = await self._commit(
+            request, {"op": "login", "who": account.uid, "token_hash": hashed}
+        )
+        self._set_session(connection, Session(account.uid, account.username, hashed))
+        return {"token": token, "unread": result["unread"]}
+
+    def _check_login_rate(self, username: str) -> None:
+        now = self.clock.seconds()
+        for name in list(self._failed_logins)[:8]:
+            # Sweep a few stale names per attempt so the table stays small.
+            times = self._failed_logins[name]
+            while times and times[0] <= now - LOGIN_WINDOW:
+                times.popleft()
+            if not times:
+                del self._failed_logins[name]
+        times = self._failed_logins.get(username)
+        if times is None:
+            return
+        while times and times[0] <= now - LOGIN_WINDOW:
+            times.popleft()
+        if len(times) >= self.limits.login_attempts_per_minute:
+            raise ChatError(
+                errors.RATE_LIMITED,
+                "too many failed logins for %r; wait a minute" % (username,),
+            )
+
+    async def op_resume(self, connection: Connection, request: Request, token: str) -> dict:
+        hashed = token_hash(token)
+        account = self.node.state.session(hashed)
+        if account is None:
+            raise ChatError(errors.BAD_CREDENTIALS, "unknown or expired session token")
+        self._set_session(connection, Session(account.uid, account.username, hashed))
+        return {"username": account.username, "unread": len(account.unread)}
+
+    async def op_logout(self, connection: Connection, request: Request) -> dict:
+        session = connection.session
+        if session.uid is None:
+            raise ChatError(errors.NOT_LOGGED_IN, "not logged in")
+        self._set_session(connection, Session())
+        await self._commit(request, {"op": "logout", "who": session.uid,
+                                     "token_hash": session.token_hash})
+        return {}
+
+    async def op_list_accounts(
+        self, connection: Connection, request: Request, pattern: str, offset: int, limit: int
+    ) -> dict:
+        return self.node.state.list_accounts(pattern, offset, limit)
+
+    async def op_send(
+        self, connection: Connection, request: Request, to: str, text: str
+    ) -> dict:
+        account = self._session_account(connection)
+        recipient = self.node.state.account_named(to)
+        if recipient is None and not self._is_retry(request):
+            raise ChatError(errors.NO_SUCH_USER, "no account is named %r" % (to,))
+        return await self._commit(
+            request,
+            {"op": "send", "who": account.uid,
+             "to": None if recipient is None else recipient.uid, "text": text},
+        )
+
+    def _is_retry(self, request: Request) -> bool:
+        return request.rid is not None and self.node.state.remembered(request.rid)
+
+    async def op_read(self, connection: Connection, request: Request, limit: int) -> dict:
+        account = self._session_account(connection)
+        return await self._commit(request, {"op": "read", "who": account.uid, "limit": limit})
+
+    async def op_history(
+        self, connection: Connection, request: Request, limit: int, before: int | None,
+        **args: Any,
+    ) -> dict:
+        account = self._session_account(connection)
+        state = self.node.state
+        with_uid = None
+        if args["with"] is not None:
+            other = state.account_named(args["with"])
+            if other is None:
+                raise ChatError(errors.NO_SUCH_USER, "no account is named %r" % (args["with"],))
+            with_uid = other.uid
+        return {"messages": state.history(account.uid, with_uid, before, limit)}
+
+    async def op_delete_messages(
+        self, connection: Connection, request: Request, ids: list[int]
+    ) -> dict:
+        account = self._session_account(connection)
+        return await self._commit(
+            request, {"op": "delete_messages", "who": account.uid, "ids": ids}
+        )
+
+    async def op_delete_account(
+        self, connection: Connection, request: Request, password: str
+    ) -> dict:
+        if request.rid is not None:
+            # A retry after the account is gone has no session left to
+            # check; the first answer is all it may learn.
+            first = self.node.state.recall(request.rid, request.fingerprint())
+            if first is not None:
+                if first.error is not None:
+                    raise first.error
+                return first.result
+        account = self._session_account(connection)
+        if not await self.hasher.check(password, account.password):
+            raise ChatError(errors.BAD_CREDENTIALS, "wrong password")
+        result = await self._commit(request, {"op": "delete_account", "who": account.uid})
+        for other in list(self._online.get(account.uid, ())):
+            self._set_session(other, Session())
+        return result

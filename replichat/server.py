@@ -1,0 +1,175 @@
+# -*- test-case-name: tests.test_process -*-
+"""
+The Twisted side of one server: opening the data directory, wiring the node
+to its listeners, snapshots in a forked child, and telling systemd when it
+is ready.
+
+Recovery runs when the service is built (L{build_server}), before twistd
+daemonizes and before anything listens: a data directory that cannot be
+recovered intact stops the start with a message instead of a half-started
+server.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from replichat import sdnotify
+from replichat.entries import Snapshot
+from replichat.fsutil import DataDirLock
+from replichat.handler import ChatHandler
+from replichat.lineproto import ClientFactory
+from replichat.log import LogCorruption, SegmentedLog
+from replichat.metastore import MetaStore
+from replichat.node import Node, RecoveryError
+from replichat.passwords import PasswordHasher
+from replichat.snapshot import FileSnapshotStore
+
+#: How often the parent looks for its snapshot child's exit, in seconds.
+SNAPSHOT_POLL_INTERVAL = 0.05
+
+
+class SnapshotFailed(Exception):
+    """
+    A snapshot child exited with an error.
+    """
+
+
+class ForkingSnapshotWriter:
+    """
+    Writes a snapshot from a forked child, which sees the state frozen at
+    the moment of the fork (copy-on-write), while the parent goes on serving.
+    Encoding a million messages takes seconds; this keeps it off the reactor.
+    """
+
+    log = Logger()
+
+    def __init__(self, store, clock) -> None:
+        self.store = store
+        self.clock = clock
+
+    def write(self, state, index: int, epoch: int) -> Deferred:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (runs in the child)
+            code = 1
+            try:
+                self.store.save(Snapshot(index, epoch, state.to_snapshot()))
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                # Skip atexit handlers and buffered output inherited from the
+                # parent: the child must not touch anything but its file.
+                os._exit(code)
+        d: Deferred = Deferred()
+
+        def poll() -> None:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 1 << 8
+            if done == 0:
+                return
+            loop.stop()
+            if os.waitstatus_to_exitcode(status) == 0:
+                d.callback(None)
+            else:
+                d.errback(SnapshotFailed("snapshot child %d exited with %d" % (pid, status)))
+
+        loop = LoopingCall(poll)
+        loop.clock = self.clock
+        loop.start(SNAPSHOT_POLL_INTERVAL, now=False)
+        return d
+
+
+class ChatServer(MultiService):
+    """
+    One replichat server: the node and its client listener.
+    """
+
+    log = Logger()
+
+    def __init__(self, config, node_id: int, data_dir: str, reactor) -> None:
+        super().__init__()
+        self.config = config
+        self.node_id = node_id
+        self.data_dir = data_dir
+        self.reactor = reactor
+        self.address = config.node(node_id)
+        self.port = None
+        os.makedirs(data_dir, exist_ok=True)
+        self.lock = DataDirLock(data_dir)
+        disk_log = SegmentedLog(
+            os.path.join(data_dir, "log"), segment_bytes=config.log.segment_bytes
+        )
+        snapshots = FileSnapshotStore(os.path.join(data_dir, "snapshots"))
+        self.node = Node(
+            node_id,
+            disk_log,
+            snapshots,
+            MetaStore(os.path.join(data_dir, "meta.json")),
+            reactor,
+            snapshot_every=config.snapshot.every_entries,
+            snapshot_writer=ForkingSnapshotWriter(snapshots, reactor),
+            on_fatal=self._fatal,
+        )
+        self.node.start()
+        hasher = PasswordHasher(
+            run=lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
+        )
+        self.handler = ChatHandler(self.node, hasher, config, config.limits, reactor)
+
+    def startService(self) -> None:
+        super().startService()
+        factory = ClientFactory(self.handler, self.config.limits, self.reactor)
+        try:
+            self.port = self.reactor.listenTCP(
+                self.address.client_port, factory, interface=self.address.host
+            )
+        except CannotListenError as error:
+            self.log.critical("cannot listen for clients: {error}", error=error)
+            raise SystemExit("replichat: cannot listen for clients: %s" % (error,))
+        self.log.info(
+            "node {node} serving clients on {host}:{port} as {role} in epoch {epoch}",
+            node=self.node_id,
+            host=self.address.host,
+            port=self.port.getHost().port,
+            role=self.node.role,
+            epoch=self.node.epoch,
+        )
+        sdnotify.notify("READY=1\nSTATUS=serving clients")
+
+    def stopService(self) -> Deferred | None:
+        sdnotify.notify("STOPPING=1")
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+    def _fatal(self, reason: str) -> None:
+        # Nothing more may be acknowledged, and a failed fsync cannot be
+        # retried: leave at once, without running shutdown code that could.
+        sys.stderr.write("replichat: fatal: %s\n" % (reason,))
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def build_server(config, node_id: int, data_dir: str, reactor) -> ChatServer:
+    """
+    Open and recover a node's data directory and return its service.
+
+    @raise SystemExit: with a message, if the data cannot be recovered.
+    """
+    try:
+        return ChatServer(config, node_id, data_dir, reactor)
+    except (RecoveryError, LogCorruption) as error:
+        raise SystemExit("replichat: cannot start node %d: %s" % (node_id, error))

@@ -1,0 +1,448 @@
+# -*- test-case-name: tests.test_state -*-
+"""
+The chat state machine: accounts, sessions, mailboxes, and exactly-once
+bookkeeping, changed only by applying committed log entries.
+
+Applying is pure and deterministic: every input (timestamps, password
+hashes, token hashes) comes from the entry, which the leader filled in before
+the entry was logged, so every replica that applies the same entries in the
+same order reaches the same state, and a restart that replays the log
+rebuilds it exactly.
+
+A message is addressed to an account's uid, which is never reused, so mail
+can never reach a later account that took a freed name.
+
+Reading always takes the oldest unread messages first, so an account's
+unread messages are an ordered subset of its inbox; both are insertion
+ordered dicts keyed by message id (message ids only grow), which makes
+"read N", "delete these ids" and "newest first" cheap.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fnmatch
+import hashlib
+import heapq
+import json
+import re
+from collections import OrderedDict
+from itertools import islice
+from typing import Iterator, NamedTuple
+
+from attrs import define, field, frozen
+
+from replichat import errors
+from replichat.errors import ChatError
+
+SNAPSHOT_FORMAT = 1
+
+#: How many request ids the state remembers, oldest forgotten first.  It is
+#: part of the replicated semantics, so it is a constant and not a setting:
+#: two replicas with different values would answer a retry differently.
+RID_CAPACITY = 100_000
+
+#: Sessions kept per account; logging in again evicts the oldest.
+SESSIONS_PER_ACCOUNT = 32
+
+
+class Message(NamedTuple):
+    """
+    One message, immutable once sent.  Names are kept as they were when it
+    was sent, so history still reads right after an account is deleted.
+    """
+
+    id: int
+    from_uid: int
+    from_name: str
+    to_uid: int
+    to_name: str
+    text: str
+    sent_at: float
+
+    def to_wire(self) -> dict:
+        """
+        The protocol's message object.
+        """
+        return {
+            "id": self.id,
+            "from": self.from_name,
+            "to": self.to_name,
+            "text": self.text,
+            "sent_at": self.sent_at,
+        }
+
+
+@define(eq=False)
+class Account:
+    """
+    One account and its mail.
+
+    @ivar inbox: received messages this account has not deleted.
+    @ivar unread: the ids in C{inbox} not yet read, oldest first.
+    @ivar sent: messages sent by this account that it has not deleted.
+    @ivar sessions: token hash -> login time, oldest first.
+    """
+
+    uid: int
+    username: str
+    password: dict
+    created_at: float
+    inbox: dict = field(factory=dict)
+    unread: dict = field(factory=dict)
+    sent: dict = field(factory=dict)
+    sessions: dict = field(factory=dict)
+
+
+@frozen
+class Outcome:
+    """
+    What applying one entry produced.
+
+    @ivar result: the answer for the client, or L{None} on error.
+    @ivar error: the refusal, or L{None} on success.
+    @ivar pushes: C{(uid, message)} pairs to push to logged-in recipients.
+    @ivar duplicate: the entry repeated a known request id; C{result} and
+        C{error} are the first answer and nothing changed.
+    """
+
+    result: dict | None = None
+    error: ChatError | None = None
+    pushes: tuple = ()
+    duplicate: bool = False
+
+
+def _ok(result: dict, pushes: tuple = ()) -> Outcome:
+    return Outcome(result=result, pushes=pushes)
+
+
+def _glob_prefix(pattern: str) -> str:
+    """
+    The literal text before the first wildcard, to narrow a sorted scan.
+    """
+    match = re.search(r"[*?\[]", pattern)
+    return pattern if match is None else pattern[: match.start()]
+
+
+class ChatState:
+    """
+    The replicated chat state.  Change it only through L{apply}.
+    """
+
+    def __init__(self) -> None:
+        self.applied_index = 0
+        self.next_uid = 1
+        self.next_message_id = 1
+        self.accounts: dict[int, Account] = {}
+        self.uids_by_name: dict[str, int] = {}
+        self.sorted_names: list[str] = []
+        self.sessions: dict[str, int] = {}
+        self.rids: OrderedDict[str, tuple] = OrderedDict()
+
+    # -- applying entries ---------------------------------------------------
+
+    def apply(self, index: int, command: dict) -> Outcome:
+        """
+        Apply the command of the entry at C{index}.
+
+        @param index: must be C{applied_index + 1}.
+        @param command: the decoded entry (see L{replichat.commands}).
+        """
+        if index != self.applied_index + 1:
+            raise ValueError(
+                "apply out of order: %d after %d" % (index, self.applied_index)
+            )
+        self.applied_index = index
+        rid = command.get("rid")
+        if rid is not None:
+            remembered = self.rids.get(rid)
+            if remembered is not None:
+                return self._repeat(command, remembered)
+        handler = getattr(self, "_apply_" + command["op"])
+        try:
+            outcome = handler(command)
+        except ChatError as error:
+            outcome = Outcome(error=error)
+        if rid is not None:
+            self._remember(rid, command, outcome)
+        return outcome
+
+    def _repeat(self, command: dict, remembered: tuple) -> Outcome:
+        who, fingerprint, result, error = remembered
+        if (who, fingerprint) != (command.get("who"), command.get("fp")):
+            return Outcome(
+                error=ChatError(
+                    errors.BAD_REQUEST,
+                    "request id %r was already used for another request"
+                    % (command["rid"],),
+                )
+            )
+        error = None if error is None else ChatError(*error)
+        return Outcome(result=result, error=error, duplicate=True)
+
+    def _remember(self, rid: str, command: dict, outcome: Outcome) -> None:
+        error = outcome.error
+        wire_error = None if error is None else (error.code, error.message)
+        self.rids[rid] = (command.get("who"), command.get("fp"), outcome.result, wire_error)
+        while len(self.rids) > RID_CAPACITY:
+            self.rids.popitem(last=False)
+
+    def _apply_noop(self, command: dict) -> Outcome:
+        return _ok({})
+
+    def _apply_create_account(self, command: dict) -> Outcome:
+        name = command["username"]
+        if name in self.uids_by_name:
+            raise ChatError(errors.USERNAME_TAKEN, "username %r is taken" % (name,))
+        uid = self.next_uid
+        self.next_uid += 1
+        self.accounts[uid] = Account(uid, name, command["password"], command["ts"])
+        self.uids_by_name[name] = uid
+        bisect.insort(self.sorted_names, name)
+        return _ok({"username": name})
+
+    def _apply_login(self, command: dict) -> Outcome:
+        account = self._account(command["who"])
+        sessions = account.sessions
+        sessions[command["token_hash"]] = command["ts"]
+        self.sessions[command["token_hash"]] = account.uid
+        while len(sessions) > SESSIONS_PER_ACCOUNT:
+            oldest = next(iter(sessions))
+            del sessions[oldest]
+            del self.sessions[oldest]
+        return _ok({"username": account.username, "unread": len(account.unread)})
+
+    def _apply_logout(self, command: dict) -> Outcome:
+        uid = self.sessions.pop(command["token_hash"], None)
+        if uid is not None:
+            self.accounts[uid].sessions.pop(command["token_hash"], None)
+        return _ok({})
+
+    def _apply_send(self, command: dict) -> Outcome:
+        sender = self._account(command["who"])
+        recipient = self.accounts.get(command["to"])
+        if recipient is None:
+            raise ChatError(errors.NO_SUCH_USER, "the recipient no longer exists")
+        message = Message(
+            self.next_message_id,
+            sender.uid,
+            sender.username,
+            recipient.uid,
+            recipient.username,
+            command["text"],
+            command["ts"],
+        )
+        self.next_message_id += 1
+        recipient.inbox[message.id] = message
+        recipient.unread[message.id] = None
+        sender.sent[message.id] = message
+        wire = message.to_wire()
+        return _ok({"message": wire}, pushes=((recipient.uid, wire),))
+
+    def _apply_read(self, command: dict) -> Outcome:
+        account = self._account(command["who"])
+        taken = list(islice(account.unread, command["limit"]))
+        for message_id in taken:
+            del account.unread[message_id]
+        return _ok(
+            {
+                "messages": [account.inbox[i].to_wire() for i in taken],
+                "remaining": len(account.unread),
+            }
+        )
+
+    def _apply_delete_messages(self, command: dict) -> Outcome:
+        account = self._account(command["who"])
+        ids = command["ids"]
+        missing = [i for i in ids if i not in account.inbox and i not in account.sent]
+        if missing:
+            # All or nothing, and the same answer for another account's
+            # message as for one that never existed: ids leak nothing.
+            raise ChatError(
+                errors.NOT_FOUND,
+                "no message of yours has id %s" % (", ".join(map(str, missing)),),
+            )
+        deleted = 0
+        for message_id in dict.fromkeys(ids):
+            account.unread.pop(message_id, None)
+            deleted += (account.inbox.pop(message_id, None) is not None) | (
+                account.sent.pop(message_id, None) is not None
+            )
+        return _ok({"deleted": deleted})
+
+    def _apply_delete_account(self, command: dict) -> Outcome:
+        account = self._account(command["who"])
+        del self.accounts[account.uid]
+        del self.uids_by_name[account.username]
+        del self.sorted_names[bisect.bisect_left(self.sorted_names, account.username)]
+        for token_hash in account.sessions:
+            del self.sessions[token_hash]
+        return _ok({})
+
+    def _account(self, uid: int) -> Account:
+        account = self.accounts.get(uid)
+        if account is None:
+            raise ChatError(errors.NOT_LOGGED_IN, "the account of this session is gone")
+        return account
+
+    # -- queries (any replica, no change) -------------------------------------
+
+    def account_named(self, username: str) -> Account | None:
+        """
+        The account called C{username} now, if any.
+        """
+        uid = self.uids_by_name.get(username)
+        return None if uid is None else self.accounts[uid]
+
+    def session(self, token_hash: str) -> Account | None:
+        """
+        The account a session token (by its hash) belongs to, if it is valid.
+        """
+        uid = self.sessions.get(token_hash)
+        return None if uid is None else self.accounts[uid]
+
+    def remembered(self, rid: str) -> bool:
+        """
+        Whether a request id has been applied (and is still remembered).
+        """
+        return rid in self.rids
+
+    def recall(self, rid: str, fingerprint: str) -> Outcome | None:
+        """
+        The first outcome of a remembered request with this fingerprint,
+        whoever sent it, or L{None}.
+        """
+        remembered = self.rids.get(rid)
+        if remembered is None or remembered[1] != fingerprint:
+            return None
+        result, error = remembered[2], remembered[3]
+        error = None if error is None else ChatError(*error)
+        return Outcome(result=result, error=error, duplicate=True)
+
+    def list_accounts(self, pattern: str, offset: int, limit: int) -> dict:
+        """
+        Account names matching a glob pattern, sorted, one page of them.
+        """
+        names = self.sorted_names
+        prefix = _glob_prefix(pattern)
+        start = bisect.bisect_left(names, prefix)
+        match = re.compile(fnmatch.translate(pattern)).match
+        matching = []
+        for name in islice(names, start, None):
+            if not name.startswith(prefix):
+                break
+            if match(name):
+                matching.append(name)
+        return {"accounts": matching[offset : offset + limit], "total": len(matching)}
+
+    def history(
+        self, uid: int, with_uid: int | None, before: int | None, limit: int
+    ) -> list[dict]:
+        """
+        Messages sent or received by C{uid}, newest first, optionally only
+        those exchanged with C{with_uid} and those older than C{before}.
+        """
+        account = self.accounts[uid]
+        newest_first = heapq.merge(
+            reversed(account.inbox.values()),
+            reversed(account.sent.values()),
+            key=lambda message: message.id,
+            reverse=True,
+        )
+        page = []
+        last_id = None
+        for message in newest_first:
+            if message.id == last_id:
+                continue  # a message to oneself is in both inbox and sent
+            last_id = message.id
+            if before is not None and message.id >= before:
+                continue
+            if with_uid is not None and with_uid not in (message.from_uid, message.to_uid):
+                continue
+            page.append(message.to_wire())
+            if len(page) == limit:
+                break
+        return page
+
+    # -- snapshots -----------------------------------------------------------
+
+    def to_snapshot(self) -> bytes:
+        """
+        Encode the whole state; L{from_snapshot} of it equals this state.
+        The encoding is canonical, so equal states encode to equal bytes.
+        """
+        messages: dict[int, Message] = {}
+        accounts = []
+        for uid in sorted(self.accounts):
+            account = self.accounts[uid]
+            messages.update(account.inbox)
+            messages.update(account.sent)
+            accounts.append(
+                [
+                    uid,
+                    account.username,
+                    account.password,
+                    account.created_at,
+                    list(account.inbox),
+                    list(account.unread),
+                    list(account.sent),
+                    [[token, ts] for token, ts in account.sessions.items()],
+                ]
+            )
+        document = {
+            "format": SNAPSHOT_FORMAT,
+            "applied_index": self.applied_index,
+            "next_uid": self.next_uid,
+            "next_message_id": self.next_message_id,
+            "accounts": accounts,
+            "messages": [list(messages[i]) for i in sorted(messages)],
+            "rids": [[rid, *remembered] for rid, remembered in self.rids.items()],
+        }
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> ChatState:
+        """
+        Rebuild a state from L{to_snapshot}'s bytes.
+
+        @raise ValueError: if the data is not a snapshot of a known format.
+        """
+        document = json.loads(data)
+        if document.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError("unknown snapshot format %r" % (document.get("format"),))
+        state = cls()
+        state.applied_index = document["applied_index"]
+        state.next_uid = document["next_uid"]
+        state.next_message_id = document["next_message_id"]
+        messages = {row[0]: Message._make(row) for row in document["messages"]}
+        for uid, name, password, created, inbox, unread, sent, sessions in document[
+            "accounts"
+        ]:
+            account = Account(uid, name, password, created)
+            account.inbox = {i: messages[i] for i in inbox}
+            account.unread = dict.fromkeys(unread)
+            account.sent = {i: messages[i] for i in sent}
+            account.sessions = {token: ts for token, ts in sessions}
+            state.accounts[uid] = account
+            state.uids_by_name[name] = uid
+            state.sessions.update(dict.fromkeys(account.sessions, uid))
+        state.sorted_names = sorted(state.uids_by_name)
+        for rid, who, fingerprint, result, error in document["rids"]:
+            state.rids[rid] = (who, fingerprint, result, None if error is None else tuple(error))
+        return state
+
+    def digest(self) -> str:
+        """
+        A hash of the whole state, to compare replicas.
+        """
+        return hashlib.sha256(self.to_snapshot()).hexdigest()
+
+    def iter_messages(self) -> Iterator[Message]:
+        """
+        Every stored message once, in id order (for checkers and tools).
+        """
+        seen: dict[int, Message] = {}
+        for account in self.accounts.values():
+            seen.update(account.inbox)
+            seen.update(account.sent)
+        return (seen[i] for i in sorted(seen))
