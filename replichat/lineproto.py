@@ -211,6 +211,8 @@ class ClientFactory(Factory):
     Builds a L{ClientProtocol} per connection, all sharing one handler.
     """
 
+    noisy = False
+
     def __init__(self, handler, limits, clock) -> None:
         self.handler = handler
         self.limits = limits
