@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from replichat import sdnotify
 from replichat.entries import Snapshot
-from replichat.fsutil import DataDirLock
+from replichat.fsutil import DataDirLock, DataDirLocked
 from replichat.handler import ChatHandler
 from replichat.lineproto import ClientFactory
 from replichat.log import LogCorruption, SegmentedLog
@@ -107,7 +107,9 @@ class ChatServer(MultiService):
         self.address = config.node(node_id)
         self.port = None
         os.makedirs(data_dir, exist_ok=True)
+        # Two processes on one data directory would both append to the log.
         self.lock = DataDirLock(data_dir)
+        self.lock.acquire()
         disk_log = SegmentedLog(
             os.path.join(data_dir, "log"), segment_bytes=config.log.segment_bytes
         )
@@ -171,5 +173,5 @@ def build_server(config, node_id: int, data_dir: str, reactor) -> ChatServer:
     """
     try:
         return ChatServer(config, node_id, data_dir, reactor)
-    except (RecoveryError, LogCorruption) as error:
+    except (RecoveryError, LogCorruption, DataDirLocked) as error:
         raise SystemExit("replichat: cannot start node %d: %s" % (node_id, error))
