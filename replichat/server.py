@@ -125,6 +125,13 @@ class ChatServer(MultiService):
             on_fatal=self._fatal,
         )
         self.node.start()
+        if len(config.nodes) > 1:
+            self.log.warn(
+                "the config lists {count} nodes, but this version does not "
+                "replicate yet: node {node} serves alone",
+                count=len(config.nodes),
+                node=node_id,
+            )
         hasher = PasswordHasher(
             run=lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
         )
