@@ -212,6 +212,7 @@ class ClientFactory(Factory):
     """
 
     noisy = False
+    protocol = ClientProtocol
 
     def __init__(self, handler, limits, clock) -> None:
         self.handler = handler
@@ -219,6 +220,6 @@ class ClientFactory(Factory):
         self.clock = clock
 
     def buildProtocol(self, addr: object) -> ClientProtocol:
-        protocol = ClientProtocol(self.handler, self.limits, self.clock)
+        protocol = self.protocol(self.handler, self.limits, self.clock)
         protocol.factory = self
         return protocol
