@@ -872,14 +872,15 @@ class ExampleFilesTests(SynchronousTestCase):
 
     def test_local(self):
         """
-        C{etc/local.yaml}: three nodes on 127.0.0.1 with data under C{var/}.
+        C{etc/local.yaml}: one node on 127.0.0.1 (replication adds two more)
+        with data under C{var/}.
         """
         config = load_config(example("local.yaml"))
         self.assertEqual(
             list(config.nodes.values()),
-            [NodeAddress(i, "127.0.0.1", 7000 + i, 7100 + i) for i in (1, 2, 3)],
+            [NodeAddress(1, "127.0.0.1", 7001, 7101)],
         )
-        self.assertEqual(config.data_dir_for(2), "var/node-2")
+        self.assertEqual(config.data_dir_for(1), "var/node-1")
         self.assertEqual(config.timing, Timing())
 
     def test_cluster3Hosts(self):
