@@ -46,6 +46,17 @@ def create(node: Node, name: str):
                          "password": PASSWORD, "ts": 1.0})
 
 
+def fill(node: Node, clock: Clock, prefix: str, batches: int = 5, size: int = 7) -> None:
+    """
+    Create C{batches * size} accounts, one reactor turn (one batch) per
+    C{size}.
+    """
+    for batch in range(batches):
+        for i in range(size):
+            create(node, "%s%d-%d" % (prefix, batch, i))
+        clock.advance(0)
+
+
 class CommitTests(SynchronousTestCase):
     """
     The leader's commit path.
@@ -176,9 +187,7 @@ class RecoveryTests(SynchronousTestCase):
         clock = Clock()
         disk = Disk()
         node = disk.node(clock, snapshot_every=10)
-        for batch in range(5):
-            [create(node, "c%d-%d" % (batch, i)) for i in range(7)]
-            clock.advance(0)
+        fill(node, clock, "c")
         disk.snapshots.corrupt(disk.snapshots.indexes()[0])
         again = disk.node(Clock(), snapshot_every=10)
         self.assertEqual(len(again.state.accounts), 35)
@@ -192,9 +201,7 @@ class RecoveryTests(SynchronousTestCase):
         clock = Clock()
         disk = Disk()
         node = disk.node(clock, snapshot_every=10)
-        for batch in range(5):
-            [create(node, "d%d-%d" % (batch, i)) for i in range(7)]
-            clock.advance(0)
+        fill(node, clock, "d")
         for index in disk.snapshots.indexes():
             disk.snapshots.corrupt(index)
         error = self.assertRaises(RecoveryError, disk.node, Clock())
@@ -228,9 +235,7 @@ class OnDiskTests(SynchronousTestCase):
 
         clock = Clock()
         node = open_node()
-        for batch in range(30):
-            [create(node, "n%d-%d" % (batch, i)) for i in range(10)]
-            clock.advance(0)
+        fill(node, clock, "n", batches=30, size=10)
         self.assertEqual(len(node.state.accounts), 300)
         node.disk_log.close()
         again = open_node()
