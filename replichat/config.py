@@ -84,9 +84,12 @@ class Timing:
 class SnapshotPolicy:
     """
     @ivar every_entries: take a snapshot after this many log entries.
+    @ivar every_bytes: or after this many bytes of entry data, whichever
+        comes first (large messages fill the log faster than their count says).
     """
 
     every_entries: int = 100_000
+    every_bytes: int = 256 * MiB
 
 
 @frozen
@@ -254,7 +257,10 @@ _SECTIONS = {
         Timing,
         {"heartbeat_interval": _number(0), "failure_timeout": _number(0)},
     ),
-    "snapshot": (SnapshotPolicy, {"every_entries": _integer(100)}),
+    "snapshot": (
+        SnapshotPolicy,
+        {"every_entries": _integer(100), "every_bytes": _integer(64 * 1024)},
+    ),
     "limits": (
         Limits,
         {

@@ -90,6 +90,7 @@ class Node:
         meta,
         clock: IReactorTime,
         snapshot_every: int = 100_000,
+        snapshot_every_bytes: int = 256 * 2**20,
         snapshot_writer=None,
         on_fatal: Callable[[str], None] | None = None,
     ) -> None:
@@ -99,6 +100,7 @@ class Node:
         self.meta = meta
         self.clock = clock
         self.snapshot_every = snapshot_every
+        self.snapshot_every_bytes = snapshot_every_bytes
         self.snapshot_writer = snapshot_writer or InlineSnapshotWriter(snapshots)
         self._on_fatal = on_fatal
         self.state = ChatState()
@@ -111,6 +113,7 @@ class Node:
         self._waiting: dict[int, tuple[dict, Deferred]] = {}
         self._push_observers: list[Callable[[int, dict], None]] = []
         self._snapshot_index = 0
+        self._bytes_since_snapshot = 0
         self._snapshotting = False
 
     # -- start-up ------------------------------------------------------------
@@ -248,6 +251,7 @@ class Node:
             index = first + offset
             entries.append(Entry(index, self.epoch, encode_command(command)))
             self._waiting[index] = (command, d)
+        self._bytes_since_snapshot += sum(len(entry.data) for entry in entries)
         try:
             self.disk_log.append(entries)
             self.disk_log.sync()
@@ -292,10 +296,11 @@ class Node:
     # -- snapshots -----------------------------------------------------------
 
     def _maybe_snapshot(self) -> None:
-        index = self.state.applied_index
-        if self._snapshotting or index - self._snapshot_index < self.snapshot_every:
+        if self._snapshotting:
             return
-        self.take_snapshot()
+        entries = self.state.applied_index - self._snapshot_index
+        if entries >= self.snapshot_every or self._bytes_since_snapshot >= self.snapshot_every_bytes:
+            self.take_snapshot()
 
     def take_snapshot(self) -> Deferred:
         """
@@ -306,6 +311,7 @@ class Node:
         index = self.state.applied_index
         epoch = self.disk_log.epoch_at(index)
         self._snapshotting = True
+        self._bytes_since_snapshot = 0
 
         def written(_: object) -> None:
             self._snapshot_index = index

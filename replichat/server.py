@@ -121,6 +121,7 @@ class ChatServer(MultiService):
             MetaStore(os.path.join(data_dir, "meta.json")),
             reactor,
             snapshot_every=config.snapshot.every_entries,
+            snapshot_every_bytes=config.snapshot.every_bytes,
             snapshot_writer=ForkingSnapshotWriter(snapshots, reactor),
             on_fatal=self._fatal,
         )

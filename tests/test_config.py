@@ -133,7 +133,7 @@ class ParseConfigTests(_ConfigTestCase):
             (config.timing, config.snapshot, config.limits, config.log),
             (
                 Timing(heartbeat_interval=0.1, failure_timeout=0.5),
-                SnapshotPolicy(every_entries=100_000),
+                SnapshotPolicy(every_entries=100_000, every_bytes=256 * 2**20),
                 Limits(
                     max_line_bytes=65536,
                     max_text_chars=10_000,
@@ -278,7 +278,7 @@ class TopLevelTests(_ConfigTestCase):
         """
         known = {
             "timing": "failure_timeout, heartbeat_interval",
-            "snapshot": "every_entries",
+            "snapshot": "every_bytes, every_entries",
             "limits": "idle_timeout, login_attempts_per_minute, max_inflight,"
             " max_line_bytes, max_output_bytes, max_text_chars",
             "log": "segment_bytes",
@@ -628,6 +628,13 @@ class SectionTests(_ConfigTestCase):
         bad = [99, 0, 1000.0, True, "1000", None]
         self.assertRejected("snapshot", "every_entries", bad, "an integer >= 100")
         self.assertAccepted("snapshot", "every_entries", [100, 10**9])
+
+    def test_snapshotEveryBytes(self):
+        """
+        C{snapshot.every_bytes} is an integer of at least 65536.
+        """
+        self.assertRejected("snapshot", "every_bytes", [1000, "big", 1.5e6], "an integer >= 65536")
+        self.assertAccepted("snapshot", "every_bytes", [65536, 2**40])
 
     def test_maxLineBytes(self):
         """

@@ -179,6 +179,21 @@ class RecoveryTests(SynchronousTestCase):
         again = disk.node(Clock(), snapshot_every=10)
         self.assertEqual(len(again.state.accounts), 35)
 
+    def test_snapshot_by_bytes(self) -> None:
+        """
+        A snapshot is also taken once enough entry bytes were logged, even
+        if there are few entries.
+        """
+        clock = Clock()
+        disk = Disk()
+        node = Node(1, disk.log, disk.snapshots, disk.meta, clock,
+                    snapshot_every=10**6, snapshot_every_bytes=2000)
+        node.start()
+        fill(node, clock, "x" * 50, batches=1, size=5)
+        self.assertEqual(disk.snapshots.indexes(), [])
+        fill(node, clock, "y" * 50, batches=1, size=15)
+        self.assertEqual(disk.snapshots.indexes(), [node.state.applied_index])
+
     def test_corrupt_newest_snapshot(self) -> None:
         """
         A corrupt newest snapshot is skipped for the older one, which the
