@@ -34,7 +34,7 @@ from replichat.clientproto import (
     leader_address,
     query_node,
 )
-from replichat.errors import NOT_LEADER, UNAVAILABLE
+from replichat.errors import NOT_LEADER, NOT_LOGGED_IN, UNAVAILABLE
 
 __all__ = [
     "CONNECTION_ERRORS",
@@ -47,9 +47,11 @@ __all__ = [
 ]
 
 #: Operations that change replicated state, so they carry a C{rid} that makes
-#: a retry after a failover safe.
+#: a retry after a failover safe.  Not C{login}: servers do not deduplicate
+#: it (the first attempt's token never reached the client), so a retried
+#: login is simply a new login, and the token it returns is the one kept.
 MUTATING_OPS = frozenset(
-    {"create_account", "send", "read", "delete_messages", "delete_account", "login", "logout"}
+    {"create_account", "send", "read", "delete_messages", "delete_account", "logout"}
 )
 
 #: Error codes (client-side, never sent by a server) for giving up.
@@ -187,8 +189,22 @@ class ChatClient:
         return self.request("resume", token=token)
 
     def logout(self):
-        """C{logout}: C{{}}; the session is forgotten."""
-        return self.request("logout")
+        """
+        C{logout}: C{{}}; the session is forgotten.  A session that has
+        already ended (for instance by this logout's first attempt, before a
+        failover lost its answer) counts as logged out.
+        """
+        return Deferred.fromCoroutine(self._logout())
+
+    async def _logout(self):
+        had_session = self.token is not None
+        try:
+            return await self._request("logout", {})
+        except ChatError as e:
+            if e.code != NOT_LOGGED_IN or not had_session:
+                raise
+            self._forget_session()
+            return {}
 
     def list_accounts(self, pattern="*", offset=0, limit=50):
         """C{list_accounts} matching a glob: C{accounts} (names), C{total}."""
@@ -239,23 +255,26 @@ class ChatClient:
             args["rid"] = "{}-{}".format(self._rid_prefix, next(self._rids))
         # login and resume establish the session themselves; resuming an
         # old one first would be wasted (or fail, if it was for another user).
-        result = await self._retrying(op, args, resume=op not in ("login", "resume"))
-        self._remember(op, args, result)
-        return result
+        return await self._retrying(op, args, resume=op not in ("login", "resume"))
 
-    def _remember(self, op, args, result):
+    def _remember(self, op, args, result, proto):
         """
         Keep the session and seen-message state an answer implies.
+
+        @param proto: the connection the answer came on: the one now logged
+            in with the answer's session (another connection the client may
+            have moved to meanwhile is not, and resumes before its next
+            request).
         """
         if op in ("login", "resume"):
+            # A login retried after a lost connection was sent again and got
+            # a new session: its token, the latest answer's, is the one kept.
             self.token = result.get("token", args.get("token"))
             self.username = result.get("username", args.get("username"))
-            if self._proto is not None:
-                self._proto.session_token = self.token
+            proto.session_token = self.token
         elif op in ("logout", "delete_account"):
-            self.token = self.username = None
-            if self._proto is not None:
-                self._proto.session_token = None
+            self._forget_session()
+            proto.session_token = None
         elif op == "read":
             for message in result.get("messages", ()):
                 if isinstance(message, dict):
@@ -278,7 +297,9 @@ class ChatClient:
                 if op is None:
                     return self.last_hello
                 connected = True
-                return await self._call(proto, op, args, self.answer_timeout)
+                result = await self._call(proto, op, args, self.answer_timeout)
+                self._remember(op, args, result, proto)
+                return result
             except ChatError as e:
                 if e.code not in (NOT_LEADER, UNAVAILABLE):
                     raise
@@ -376,11 +397,16 @@ class ChatClient:
             # deleted): go on without it, so the caller's request gets the
             # honest not_logged_in answer.
             self.log.warn("could not resume the session: {error}", error=e)
-            self.token = self.username = None
+            self._forget_session()
             self._status("session ended ({}); log in again".format(e.code))
             return
         proto.session_token = token
         self.username = result.get("username", self.username)
+
+    def _forget_session(self):
+        self.token = self.username = None
+        if self._proto is not None:
+            self._proto.session_token = None
 
     def _candidates(self):
         first = [self._preferred] if self._preferred is not None else []

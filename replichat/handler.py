@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_handler -*-
+# -*- test-case-name: tests.test_lineproto -*-
 """
 What each client op does: check the session, read the state, or turn the
 request into a command for the node and wait for its outcome.
@@ -28,8 +28,14 @@ from replichat import errors
 from replichat.errors import ChatError
 from replichat.requests import MUTATING, Request
 
-#: How long failed logins are remembered for rate limiting, in seconds.
+#: How long login attempts are remembered for rate limiting, in seconds.
 LOGIN_WINDOW = 60.0
+
+#: Password hashes (scrypt, tens of milliseconds of CPU each) one connection
+#: may have in progress, and the whole server: past these, requests that
+#: need one are refused at once rather than queued behind each other.
+HASHES_PER_CONNECTION = 2
+HASHES_IN_PROGRESS = 16
 
 
 class Connection(Protocol):
@@ -80,7 +86,8 @@ class ChatHandler:
         self.limits = limits
         self.clock = clock
         self._online: dict[int, set[Connection]] = {}
-        self._failed_logins: dict[str, deque] = {}
+        self._login_attempts: dict[str, deque] = {}
+        self._hashing: dict[Connection, int] = {}
         node.add_push_observer(self._push)
 
     # -- connections and pushes ---------------------------------------------
@@ -103,7 +110,12 @@ class ChatHandler:
             self._online.setdefault(session.uid, set()).add(connection)
 
     def _push(self, uid: int, message: dict) -> None:
+        state = self.node.state
         for connection in list(self._online.get(uid, ())):
+            if state.session(connection.session.token_hash) is None:
+                # Logged out elsewhere, or evicted by newer logins.
+                self._set_session(connection, Session())
+                continue
             connection.push_message(message)
 
     def online_count(self, uid: int) -> int:
@@ -157,12 +169,12 @@ class ChatHandler:
             raise ChatError(errors.NOT_LOGGED_IN, "this session has ended; log in again")
         return account
 
-    async def _commit(self, request: Request, command: dict) -> dict:
+    async def _commit(self, request: Request, command: dict, dedupe: bool = True) -> dict:
         """
-        Propose a command carrying the request's rid and fingerprint; return
-        its result or raise its error.
+        Propose a command carrying the request's rid and fingerprint (unless
+        C{dedupe} is false); return its result or raise its error.
         """
-        if request.rid is not None:
+        if dedupe and request.rid is not None:
             command["rid"] = request.rid
             command["fp"] = request.fingerprint()
         command.setdefault("ts", self.clock.seconds())
@@ -209,7 +221,7 @@ class ChatHandler:
             # A retried rid skips this so it gets its first answer.
             if state.account_named(username) is not None:
                 raise ChatError(errors.USERNAME_TAKEN, "username %r is taken" % (username,))
-        record = await self.hasher.hash(password)
+        record = await self._hash_work(connection, lambda: self.hasher.hash(password))
         return await self._commit(
             request,
             {"op": "create_account", "who": None, "username": username, "password": record},
@@ -218,39 +230,89 @@ class ChatHandler:
     async def op_login(
         self, connection: Connection, request: Request, username: str, password: str
     ) -> dict:
-        self._check_login_rate(username)
+        attempt = self._count_login_attempt(username)
         account = self.node.state.account_named(username)
         record = None if account is None else account.password
-        if not await self.hasher.check(password, record):
-            self._failed_logins.setdefault(username, deque()).append(self.clock.seconds())
+        try:
+            matched = await self._hash_work(
+                connection, lambda: self.hasher.check(password, record)
+            )
+        except ChatError:
+            self._forget_login_attempt(username, attempt)
+            raise
+        if not matched:
             raise ChatError(errors.BAD_CREDENTIALS, "wrong username or password")
+        self._forget_login_attempt(username, attempt)
         token = secrets.token_urlsafe(32)
         hashed = token_hash(token)
+        # Never deduplicated: a retried login must get a session of its own,
+        # since the first one's token never reached the client.
         result = await self._commit(
-            request, {"op": "login", "who": account.uid, "token_hash": hashed}
+            request, {"op": "login", "who": account.uid, "token_hash": hashed}, dedupe=False
         )
         self._set_session(connection, Session(account.uid, account.username, hashed))
         return {"token": token, "unread": result["unread"]}
 
-    def _check_login_rate(self, username: str) -> None:
+    def _count_login_attempt(self, username: str) -> float:
+        """
+        Count a login attempt for C{username} before its password is checked
+        (so pipelined guesses count too), or refuse it if the last minute
+        already holds too many attempts that did not succeed.
+        """
         now = self.clock.seconds()
-        for name in list(self._failed_logins)[:8]:
-            # Sweep a few stale names per attempt so the table stays small.
-            times = self._failed_logins[name]
-            while times and times[0] <= now - LOGIN_WINDOW:
-                times.popleft()
-            if not times:
-                del self._failed_logins[name]
-        times = self._failed_logins.get(username)
-        if times is None:
-            return
-        while times and times[0] <= now - LOGIN_WINDOW:
-            times.popleft()
-        if len(times) >= self.limits.login_attempts_per_minute:
+        for name in list(self._login_attempts)[:8]:
+            # Sweep a few names per attempt so the table stays small.
+            self._prune_attempts(name, now)
+        attempts = self._login_attempts.setdefault(username, deque())
+        self._prune_attempts(username, now)
+        if len(attempts) >= self.limits.login_attempts_per_minute:
             raise ChatError(
                 errors.RATE_LIMITED,
                 "too many failed logins for %r; wait a minute" % (username,),
             )
+        self._login_attempts.setdefault(username, attempts).append(now)
+        return now
+
+    def _prune_attempts(self, username: str, now: float) -> None:
+        attempts = self._login_attempts.get(username)
+        if attempts is None:
+            return
+        while attempts and attempts[0] <= now - LOGIN_WINDOW:
+            attempts.popleft()
+        if not attempts:
+            del self._login_attempts[username]
+
+    def _forget_login_attempt(self, username: str, attempt: float) -> None:
+        """
+        Uncount an attempt that succeeded or was never checked.
+        """
+        attempts = self._login_attempts.get(username)
+        if attempts is not None and attempt in attempts:
+            attempts.remove(attempt)
+
+    async def _hash_work(self, connection: Connection, work) -> object:
+        """
+        Run a password hash or check, within the per-connection and server
+        limits on hashes in progress.
+        """
+        mine = self._hashing.get(connection, 0)
+        if mine >= HASHES_PER_CONNECTION:
+            raise ChatError(
+                errors.RATE_LIMITED,
+                "at most %d password checks may run at once per connection"
+                % (HASHES_PER_CONNECTION,),
+            )
+        if sum(self._hashing.values()) >= HASHES_IN_PROGRESS:
+            raise ChatError(errors.RATE_LIMITED, "the server is busy checking passwords; retry")
+        self._hashing[connection] = mine + 1
+        try:
+            return await work()
+        finally:
+            left = self._hashing[connection] - 1
+            if left:
+                self._hashing[connection] = left
+            else:
+                del self._hashing[connection]
 
     async def op_resume(self, connection: Connection, request: Request, token: str) -> dict:
         hashed = token_hash(token)
@@ -319,16 +381,21 @@ class ChatHandler:
     async def op_delete_account(
         self, connection: Connection, request: Request, password: str
     ) -> dict:
-        if request.rid is not None:
+        if request.rid is not None and connection.session.uid is None:
             # A retry after the account is gone has no session left to
-            # check; the first answer is all it may learn.
+            # check; the first answer ({} or an error) is all it may learn.
+            # A logged-in connection goes the normal way, where a rid of
+            # another account's request is refused.
             first = self.node.state.recall(request.rid, request.fingerprint())
             if first is not None:
                 if first.error is not None:
                     raise first.error
                 return first.result
         account = self._session_account(connection)
-        if not await self.hasher.check(password, account.password):
+        matched = await self._hash_work(
+            connection, lambda: self.hasher.check(password, account.password)
+        )
+        if not matched:
             raise ChatError(errors.BAD_CREDENTIALS, "wrong password")
         result = await self._commit(request, {"op": "delete_account", "who": account.uid})
         for other in list(self._online.get(account.uid, ())):

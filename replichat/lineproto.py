@@ -41,9 +41,50 @@ from replichat.requests import parse_request
 
 def encode_line(obj: dict) -> bytes:
     """
-    One protocol line for C{obj}.
+    One protocol line for C{obj}: strict JSON (no NaN), valid UTF-8.
     """
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text.encode("utf-8") + b"\n"
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError("%s is not JSON" % (name,))
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError("number %s is out of range" % (text[:32],))
+    return value
+
+
+def decode_line(line: bytes) -> object:
+    """
+    The JSON value of one request line.
+
+    @raise ChatError: C{bad_request} if the line is not UTF-8, not strict
+        JSON (C{NaN}, C{Infinity} and overflowing numbers are refused), too
+        deeply nested, or holds a string that is not valid Unicode (a lone
+        surrogate written as C{\\ud800}), which could never be stored or
+        echoed back.
+    """
+    try:
+        obj = json.loads(
+            line.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+        )
+    except UnicodeDecodeError:
+        raise ChatError(errors.BAD_REQUEST, "a line must be UTF-8")
+    except RecursionError:
+        raise ChatError(errors.BAD_REQUEST, "a line must not nest this deeply")
+    except ValueError as error:
+        raise ChatError(errors.BAD_REQUEST, "a line must be a JSON object: %s" % (error,))
+    if b"\\u" in line:
+        # Only a \u escape can smuggle in a surrogate; check those lines.
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ChatError(errors.BAD_REQUEST, "a string holds an unpaired surrogate")
+    return obj
 
 
 @implementer(IPushProducer)
@@ -123,13 +164,9 @@ class ClientProtocol(LineOnlyReceiver, TimeoutMixin):
         if not line.strip():
             return
         try:
-            obj = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            return self._answer_error(None, ChatError(errors.BAD_REQUEST, "a line must be UTF-8"))
-        except ValueError as error:
-            return self._answer_error(
-                None, ChatError(errors.BAD_REQUEST, "a line must be a JSON object: %s" % (error,))
-            )
+            obj = decode_line(line)
+        except ChatError as error:
+            return self._answer_error(None, error)
         request_id = obj.get("id") if isinstance(obj, dict) else None
         if isinstance(request_id, (dict, list)):
             request_id = None
@@ -176,7 +213,12 @@ class ClientProtocol(LineOnlyReceiver, TimeoutMixin):
     def _send(self, obj: dict) -> None:
         if self.transport is None or self.transport.disconnecting:
             return
-        line = encode_line(obj)
+        try:
+            line = encode_line(obj)
+        except (ValueError, TypeError):
+            self.log.failure("cannot encode an answer: {obj!r}", obj=obj)
+            line = encode_line({"id": None, "ok": False, "error": ChatError(
+                errors.INTERNAL, "internal error: unencodable answer").to_wire()})
         if self._output_paused:
             self._held_bytes += len(line)
             if self._held_bytes > self.limits.max_output_bytes:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_handler -*-
+# -*- test-case-name: tests.test_lineproto -*-
 """
 Password hashing with scrypt, off the reactor thread.
 

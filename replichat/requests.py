@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_requests -*-
+# -*- test-case-name: tests.test_lineproto -*-
 """
 Parsing and validating client requests (DESIGN.md §4).
 

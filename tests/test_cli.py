@@ -120,6 +120,17 @@ class ParserTests(SynchronousTestCase):
         self.assertEqual(self.parse("login", "alice").username, "alice")
         self.assertUsageError("login", "alice", "s3cret")
 
+    def test_session_token_commands(self):
+        """
+        C{resume} and C{logout} take exactly one session token.
+        """
+        self.assertEqual(self.parse("resume", "T0k").token, "T0k")
+        self.assertEqual(self.parse("logout", "T0k").token, "T0k")
+        for name in ["resume", "logout"]:
+            self.assertUsageError(name)
+            self.assertUsageError(name, "a", "b")
+            self.assertUsageError(name, "--user", "a", "T0k")
+
     def test_list(self):
         """
         C{list} takes an optional pattern, C{--offset} and C{--limit}.
@@ -220,6 +231,14 @@ class PrepareTests(SynchronousTestCase):
                      ["read", "--user", "a"], ["delete-account", "--user", "a"]]:
             invocation = cli.prepare(["--config", self.config, *argv], environ, never)
             self.assertEqual(invocation.password, "s3cret")
+
+    def test_token_commands_no_password(self):
+        """
+        C{resume} and C{logout} need no password, so none is asked for.
+        """
+        for name in ["resume", "logout"]:
+            invocation = cli.prepare(["--config", self.config, name, "T"], {}, never)
+            self.assertIsNone(invocation.password)
 
     def test_password_prompt(self):
         """
@@ -353,6 +372,22 @@ class OutputTests(SynchronousTestCase):
         )
         self.assertEqual(rows[2]["address"], "10.0.0.4:7004")
 
+    def test_status_any_role(self):
+        """
+        Roles are shown as the servers give them, including ones this
+        version does not know; a missing role shows as C{-} and an answer
+        that is not an object counts as no answer.
+        """
+        hellos = {1: {"role": "observer", "epoch": 2}, 2: {"epoch": 2}}
+        rows = output.status_rows(NODES, hellos, None)
+        self.assertEqual([r["role"] for r in rows], ["observer", None])
+        table = output.format_table(rows).splitlines()
+        self.assertEqual(table[1].split()[:3], ["1", "10.0.0.1:7001", "observer"])
+        self.assertEqual(table[2].split()[:3], ["2", "10.0.0.2:7002", "-"])
+        for role in ["leader", "follower", "candidate", "learner"]:
+            rows = output.status_rows(NODES, {1: {"role": role}, 2: ["bogus"]}, None)
+            self.assertEqual([r["role"] for r in rows], [role, "down"])
+
     def test_format_hello(self):
         """
         A C{hello} result reads as one line.
@@ -381,6 +416,8 @@ class FormatResultTests(SynchronousTestCase):
         cases = [
             ("create-account", {"username": "a"}, "created account a"),
             ("login", {"token": "T", "unread": 2}, "T"),
+            ("resume", {"username": "bob", "unread": 2}, "bob (2 unread)"),
+            ("logout", {}, "logged out"),
             ("list", {"accounts": ["a", "b"], "total": 5}, "a\nb\n(2 of 5 accounts)"),
             ("send", {"message": self.message}, "sent [9] you -> bob (?): hi"),
             ("read", {"messages": [self.message], "remaining": 3},
@@ -427,6 +464,36 @@ class MainTests(SynchronousTestCase):
                                         ("logout",), ("close",)])
         self.assertEqual(self.out.getvalue(), "sent [3] you -> bob (?): hi there\n")
         self.assertEqual(self.made, [([("10.0.0.1", 7001), ("10.0.0.2", 7002)], 10.0)])
+
+    def test_resume(self):
+        """
+        C{resume TOKEN} resumes the session, prints its user and unread
+        count, and closes without logging out, so the session lives on.
+        """
+        client = StubClient({"resume": {"username": "bob", "unread": 4}})
+        self.assertEqual(self.main(["resume", "T0k"], client, password=None), 0)
+        self.assertEqual(client.calls, [("resume", "T0k"), ("close",)])
+        self.assertEqual(self.out.getvalue(), "bob (4 unread)\n")
+
+    def test_logout(self):
+        """
+        C{logout TOKEN} resumes the session by its token, then ends it.
+        """
+        client = StubClient({"resume": {"username": "bob", "unread": 0}})
+        self.assertEqual(self.main(["logout", "T0k"], client, password=None), 0)
+        self.assertEqual(client.calls, [("resume", "T0k"), ("logout",), ("close",)])
+        self.assertEqual(self.out.getvalue(), "logged out\n")
+
+    def test_logout_unknown_token(self):
+        """
+        C{logout} with a token the cluster does not know exits 1 with the
+        server's error, without trying to log out.
+        """
+        client = StubClient({"resume": ChatError("bad_credentials", "unknown session token")})
+        self.assertEqual(self.main(["--json", "logout", "T0k"], client, password=None), 1)
+        self.assertEqual(client.calls, [("resume", "T0k"), ("close",)])
+        self.assertEqual(self.err.getvalue(), "error: bad_credentials: unknown session token\n")
+        self.assertEqual(self.out.getvalue(), "")
 
     def test_error_answer(self):
         """
@@ -509,6 +576,21 @@ class MainTests(SynchronousTestCase):
             [(r["id"], r["role"], r["epoch"], r["last_index"], r["live"]) for r in rows],
             [(1, "leader", 7, 8, True), (2, "down", None, 6, False)],
         )
+
+    def test_status_unknown_role(self):
+        """
+        A leader is recognised by its role alone; other roles, known or
+        not, are printed as given.
+        """
+        def query(reactor, host, port, op):
+            role = {"10.0.0.1": "witness", "10.0.0.2": "learner"}[host]
+            if op == "hello":
+                return succeed({"node": int(host[-1]), "role": role, "epoch": 3})
+            return succeed({"nodes": [{"id": int(host[-1]), "live": True, "last_index": 1}]})
+
+        self.assertEqual(self.main(["status"], query=query), 0)
+        lines = self.out.getvalue().splitlines()
+        self.assertEqual([line.split()[2] for line in lines[1:]], ["witness", "learner"])
 
     def test_status_all_down(self):
         """

@@ -208,6 +208,12 @@ def error(code, message="scripted", leader=None):
     return {"ok": False, "error": body}
 
 
+#: Ops that only a leader carries out (they commit); a follower refuses them
+#: with C{not_leader}.
+LEADER_OPS = {"create_account", "login", "logout", "send", "read", "delete_messages",
+              "delete_account"}
+
+
 class FakeNode:
     """
     A scripted server.  The replicated state (sessions, messages, rids)
@@ -260,12 +266,14 @@ class FakeNode:
             return ok(node=self.id, role=self.role, epoch=self.epoch, leader=self.leader)
         if op in ("cluster", "list_accounts", "history"):
             return ok(leader=self.leader, nodes=[])
-        if op != "resume" and "rid" in request and self.role != "leader":
+        if op in LEADER_OPS and self.role != "leader":
             return error("not_leader", "not the leader", self.leader)
-        if request.get("rid") in self.net.done:
+        # Like the real server, login is never deduplicated by rid.
+        dedup = op != "login" and "rid" in request
+        if dedup and request["rid"] in self.net.done:
             return self.net.done[request["rid"]]
         answer = getattr(self, "op_" + op)(conn, request)
-        if "rid" in request:
+        if dedup:
             self.net.done[request["rid"]] = answer
         return answer
 
@@ -285,6 +293,8 @@ class FakeNode:
         return ok(username=conn.username, unread=0)
 
     def op_logout(self, conn, request):
+        if conn.username is None:
+            return error("not_logged_in", "not logged in")
         conn.username = None
         return ok()
 
@@ -399,7 +409,8 @@ class ChatClientTests(SynchronousTestCase):
     def test_rids(self):
         """
         Mutating requests carry a fresh C{rid} (a per-client random prefix
-        and a counter), an explicit one is kept, and reads carry none.
+        and a counter), an explicit one is kept, and reads carry none; nor
+        does C{login}, which servers do not deduplicate.
         """
         self.logged_in()
         self.complete(self.client.send("bob", "one"))
@@ -408,8 +419,8 @@ class ChatClientTests(SynchronousTestCase):
         self.complete(self.client.cluster())
         ops = ("login", "send", "cluster")
         rids = [r.get("rid") for r in self.node1.requests if r["op"] in ops]
-        prefix = rids[0].rsplit("-", 1)[0]
-        self.assertEqual(rids, [prefix + "-1", prefix + "-2", prefix + "-3", "mine", None])
+        prefix = rids[1].rsplit("-", 1)[0]
+        self.assertEqual(rids, [None, prefix + "-1", prefix + "-2", "mine", None])
         self.assertEqual(len(prefix), 12)
         self.assertNotEqual(self.make_client()._rid_prefix, prefix)
 
@@ -509,6 +520,60 @@ class ChatClientTests(SynchronousTestCase):
         self.assertEqual(self.node2.requests[1]["token"], "token-alice")
         self.assertEqual(self.node1.requests[-1]["rid"], self.node2.requests[-1]["rid"])
         self.assertEqual(self.client.token, "token-alice")
+
+    def test_login_retried(self):
+        """
+        A login whose connection is lost before the answer is simply sent
+        again, to the new leader, without resuming the old session for it;
+        the token of that second answer is kept and resumed after the next
+        failover.
+        """
+        self.logged_in()
+        self.node1.script["login"] = [None]
+        result = self.client.login("bob", "pw")
+        self.net.flush()
+        self.assertNoResult(result)
+        self.node2.make_leader([self.node3])
+        self.node1.crash()
+        self.node2.script["login"] = [ok(token="second", unread=3)]
+        self.net.tokens["second"] = "bob"
+        self.assertEqual(self.complete(result), {"token": "second", "unread": 3})
+        self.assertEqual((self.client.username, self.client.token), ("bob", "second"))
+        logins = [r for r in self.node1.requests + self.node2.requests if r["op"] == "login"]
+        self.assertEqual([r["username"] for r in logins], ["alice", "bob", "bob"])
+        self.assertEqual([r.get("rid") for r in logins], [None] * 3)
+        # The background reconnection resumed alice's session; the login
+        # replaced it on that connection, so no further resume is needed.
+        self.assertEqual(self.node2.ops(), ["hello", "resume", "login"])
+        self.assertEqual(self.node2.requests[1]["token"], "token-alice")
+        self.complete(self.client.send("carol", "hi"))
+        self.assertEqual(self.node2.ops()[-1], "send")
+        self.node3.make_leader()
+        self.node2.crash()
+        self.net.flush()
+        self.assertEqual(self.node3.ops(), ["hello", "resume"])
+        self.assertEqual(self.node3.requests[1]["token"], "second")
+
+    def test_logout_already_ended(self):
+        """
+        A logout whose first attempt ended the session before its connection
+        was lost succeeds when the new server no longer knows the session;
+        a logout without a session still fails with C{not_logged_in}.
+        """
+        self.logged_in()
+        self.node1.script["logout"] = [None]
+        result = self.client.logout()
+        self.net.flush()
+        self.assertNoResult(result)
+        self.net.tokens.clear()
+        self.node2.make_leader([self.node3])
+        self.node1.crash()
+        self.assertEqual(self.complete(result), {})
+        self.assertEqual((self.client.username, self.client.token), (None, None))
+        self.assertEqual(self.node2.ops(), ["hello", "resume", "logout"])
+        result = self.client.logout()
+        self.net.flush()
+        self.assertEqual(self.failureResultOf(result, ChatError).value.code, "not_logged_in")
 
     def test_reconnect_keeps_pushes(self):
         """

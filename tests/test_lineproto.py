@@ -236,6 +236,42 @@ class OpsTests(SynchronousTestCase):
         wire.ok("delete_account", password="pw", rid="d-1")
         other = self.server.connect()
         self.assertEqual(other.ok("delete_account", password="pw", rid="d-1"), {})
+        # Another account cannot use that rid to "delete" itself.
+        bob = self.server.user("bob")
+        self.assertEqual(bob.error("delete_account", password="wrong", rid="d-1"),
+                         "bad_credentials")
+        self.assertEqual(bob.error("delete_account", password="pw", rid="d-1"), "bad_request")
+        self.assertIsNotNone(self.server.node.state.account_named("bob"))
+
+    def test_login_retry_gets_working_session(self) -> None:
+        """
+        A login retried with the same rid gets a fresh, working session (a
+        login is never answered from the rid memory: its first token never
+        reached the client).
+        """
+        self.server.connect().ok("create_account", username="dan", password="pw")
+        first = self.server.connect()
+        token1 = first.ok("login", username="dan", password="pw", rid="l-1")["token"]
+        second = self.server.connect()
+        token2 = second.ok("login", username="dan", password="pw", rid="l-1")["token"]
+        self.assertNotEqual(token1, token2)
+        self.assertEqual(second.ok("read"), {"messages": [], "remaining": 0})
+        self.assertEqual(self.server.connect().ok("resume", token=token2)["username"], "dan")
+
+    def test_no_push_after_logout_elsewhere(self) -> None:
+        """
+        A connection that resumed a session stops getting pushes once that
+        session is logged out on another connection.
+        """
+        alice = self.server.user("alice")
+        bob = self.server.user("bob")
+        token = bob.ok("login", username="bob", password="pw")["token"]
+        other = self.server.connect()
+        other.ok("resume", token=token)
+        bob.ok("logout")
+        alice.ok("send", to="bob", text="after logout")
+        self.assertEqual(other.events(), [])
+        self.assertEqual(bob.events(), [])
 
     def test_list_accounts(self) -> None:
         """
@@ -281,6 +317,32 @@ class OpsTests(SynchronousTestCase):
         self.assertEqual(other.error("read"), "not_logged_in")
         self.assertEqual(self.server.connect().error("resume", token=token), "bad_credentials")
 
+    def test_pipelined_guesses_limited(self) -> None:
+        """
+        Login attempts count before their password is checked, so guesses
+        pipelined on many connections cannot exceed the limit, and one
+        connection may have only two password checks running.
+        """
+        self.server.connect().ok("create_account", username="eve", password="pw")
+        pending: list[Deferred] = []
+        self.server.hasher.check = lambda password, record: pending.append(Deferred()) or pending[-1]
+        wires = [self.server.connect() for _ in range(8)]
+        codes = []
+        for i, wire in enumerate(wires):
+            for j in range(3):
+                wire.send_raw(json.dumps({"id": j, "op": "login", "username": "eve",
+                                          "password": "guess"}).encode() + b"\n")
+            codes.extend(line["error"]["code"] for line in wire.lines())
+        limit = self.server.config.limits.login_attempts_per_minute
+        self.assertEqual(len(pending), limit)
+        self.assertEqual(len(codes), 24 - limit)
+        self.assertEqual(set(codes), {"rate_limited"})
+        for d in pending:
+            d.callback(False)
+        self.server.settle()
+        answers = [line["error"]["code"] for wire in wires for line in wire.lines()]
+        self.assertEqual(answers, ["bad_credentials"] * limit)
+
     def test_login_rate_limited(self) -> None:
         """
         After too many failed logins for a name, even the right password is
@@ -319,6 +381,36 @@ class BadInputTests(SynchronousTestCase):
         self.assertEqual(self.errors_for(b'{"id": 1, "op": "hel\xfflo"}\n'), [(None, "bad_request")])
         self.assertEqual(self.errors_for(b"\n\r\n"), [])
         self.assertEqual(self.wire.ok("hello")["node"], 1)
+
+    def test_not_strict_json(self) -> None:
+        """
+        NaN, Infinity, overflowing numbers, lone surrogates and deep nesting
+        are refused with C{bad_request}; nothing is applied and the
+        connection goes on.
+        """
+        lines = [
+            b'{"id": NaN, "op": "hello"}\n',
+            b'{"id": 1e400, "op": "hello"}\n',
+            b'{"id": 1, "op": "create_account", "username": "a", "password": "\\ud800"}\n',
+            b'{"id": "\\udfff", "op": "hello"}\n',
+            b"[" * 50_000 + b"\n",
+        ]
+        server = Server()
+        wire = server.connect()
+        for line in lines:
+            wire.send_raw(line)
+            self.assertEqual([(l["id"], l["error"]["code"]) for l in wire.lines()],
+                             [(None, "bad_request")], line[:60])
+        self.assertEqual(server.node.state.accounts, {})
+        self.assertEqual(wire.ok("hello")["node"], 1)
+
+    def test_paired_surrogates_accepted(self) -> None:
+        """
+        A properly escaped astral character (a surrogate pair) is fine.
+        """
+        alice = self.server.user("alice")
+        sent = alice.ok("send", to="alice", text="\U0001F600")["message"]
+        self.assertEqual(sent["text"], "\U0001F600")
 
     def test_bad_requests(self) -> None:
         """

@@ -123,6 +123,12 @@ def build_parser(environ=os.environ):
     command("cluster", "show the cluster as the first reachable server sees it")
     command("create-account", "create an account").add_argument("username", metavar="USER")
     command("login", "log in and print the session token").add_argument("username", metavar="USER")
+    command("resume", "resume a session; print its user and unread count").add_argument(
+        "token", metavar="TOKEN", help="a token that login printed"
+    )
+    command("logout", "end a session").add_argument(
+        "token", metavar="TOKEN", help="a token that login printed"
+    )
     sub = command("list", "list accounts matching a glob pattern")
     sub.add_argument("pattern", nargs="?", default="*", metavar="PATTERN")
     sub.add_argument("--offset", type=_count, default=0, metavar="N", help="skip N names")
@@ -199,6 +205,10 @@ def format_result(command, result, user=None):
         return "created account {}".format(result.get("username"))
     if command == "login":
         return str(result.get("token"))
+    if command == "resume":
+        return "{} ({} unread)".format(result.get("username"), result.get("unread"))
+    if command == "logout":
+        return "logged out"
     if command == "list":
         names = list(result.get("accounts", ()))
         return "\n".join(names + ["({} of {} accounts)".format(len(names), result.get("total"))])
@@ -224,10 +234,18 @@ def format_result(command, result, user=None):
     return json.dumps(result, ensure_ascii=False)
 
 
+async def _logout(client, token):
+    # A session belongs to a connection: take it over, then end it.
+    await client.resume(token)
+    return await client.logout()
+
+
 #: Sub-command -> (client method, arguments from the parsed command line).
 OPERATIONS = {
     "create-account": lambda c, a, pw: c.create_account(a.username, pw),
     "login": lambda c, a, pw: c.login(a.username, pw),
+    "resume": lambda c, a, pw: c.resume(a.token),
+    "logout": lambda c, a, pw: _logout(c, a.token),
     "list": lambda c, a, pw: c.list_accounts(a.pattern, a.offset, a.limit),
     "send": lambda c, a, pw: c.send(a.to, " ".join(a.text)),
     "read": lambda c, a, pw: c.read(a.limit),
@@ -291,8 +309,9 @@ async def gather_status(reactor, nodes, query):
     answers = await DeferredList([Deferred.fromCoroutine(ask(node)) for node in nodes])
     hellos, own = {}, {}
     for node, (_, (hello, cluster)) in zip(nodes, answers):
-        hellos[node.id] = hello
-        if cluster is not None:
+        # A malformed answer counts as none.
+        hellos[node.id] = hello if isinstance(hello, dict) else None
+        if isinstance(hello, dict) and isinstance(cluster, dict):
             own[node.id] = cluster
     # The leader's view of indexes and liveness is the authoritative one;
     # without a leader, the first node that answered will do.
@@ -368,3 +387,7 @@ def run(argv=None):
         print("replichat: error: {}".format(e), file=sys.stderr)
         sys.exit(2)
     react(_react_main, (invocation,))
+
+
+if __name__ == "__main__":
+    run()

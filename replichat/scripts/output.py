@@ -120,7 +120,8 @@ def status_rows(nodes, hellos, cluster, own=None):
 
     @param nodes: the configured L{NodeAddress}es, in order.
     @param hellos: node id -> that node's own C{hello} result, or L{None}
-        when it could not be reached (shown as role C{down}).
+        when it could not be reached (shown as role C{down}; so is a result
+        that is not an object).  Any role is shown as given.
     @param cluster: a C{cluster} result (preferably the leader's) for the
         index and liveness columns, or L{None} if no node answered.
     @param own: node id -> that node's own C{cluster} result, whose entry
@@ -134,6 +135,9 @@ def status_rows(nodes, hellos, cluster, own=None):
             merged = dict(self_report)
             merged.update({k: v for k, v in known.get(node_id, {}).items() if v is not None})
             known[node_id] = merged
+    # Roles are shown as given: leader, follower, candidate and learner
+    # today, and whatever a newer server may report tomorrow.
+    hellos = {k: v for k, v in hellos.items() if isinstance(v, dict)}
     rows = []
     for node in nodes:
         hello = hellos.get(node.id)
