@@ -45,7 +45,10 @@ class Snapshot:
 class CorruptSnapshot:
     """
     A snapshot file that could not be read back intact.
+
+    @ivar index: the index its name claims, if known.
     """
 
     path: str
     reason: str
+    index: int | None = None

@@ -114,3 +114,12 @@ class ISnapshotStore(Interface):
         The indexes of the stored snapshots, newest first, without reading
         or verifying them.
         """
+
+    def quarantine(index):
+        """
+        Durably set aside the snapshot at C{index}, found corrupt: it is no
+        longer listed or loaded, and no longer counts as one of the newest
+        two that L{save} keeps, so the one to fall back on is an intact one.
+        A store on disk keeps the damaged file for the operator.  Does
+        nothing if no snapshot at C{index} is stored.
+        """

@@ -17,18 +17,27 @@ fsync cannot be retried safely, the process must stop.
 
 Recovery.  Constructing a L{SegmentedLog} recovers the directory, verifying
 every header and record: CRCs, indexes without gaps (across segments too),
-epochs never decreasing.  The first bad record is cut off as a torn tail,
-with a warning, only if it is in the last segment and no valid record of the
-next indexes follows it; otherwise L{LogCorruption} stops the server, since
-dropping an entry that may have been acknowledged is worse than stopping.
-So a bit flipped in the very last record is cut like a torn write (the bytes
-cannot tell them apart; if that entry was acknowledged, every live peer
-fsynced it too and replication brings it back), while a crash that persisted
-a later page of an unsynced write but not an earlier one also stops the
-server, a false alarm that an operator must clear.  A last segment holding
-no more than a broken header (a crash while creating it) is removed.  What
-recovery finds is fsynced before it counts as synced: after a process crash
-it may sit in the page cache only.
+epochs never decreasing.  Dropping an entry that may have been acknowledged
+is worse than stopping, so the first bad record is cut off, with everything
+after it and a warning, only if it is in the last segment, no valid record
+of the next indexes follows it, and it is damage that a crash in the middle
+of an unsynced write leaves (L{replichat.segment.damage_at}): a record cut
+short by the end of the file, a record head with an impossible length, or a
+complete record with a bad CRC that overlaps a page left all zeros.  Garbage
+appended after the last record is nearly always of the first two kinds.
+Anything else raises L{LogCorruption} and the server does not start: in an
+earlier segment, which was synced in full; followed by valid records; or at
+the very end but not torn, such as a bit flipped in a complete last record,
+or an intact record that does not continue the log.  That last record may
+hold an acknowledged entry, so only the operator can accept its loss,
+starting with C{cut_corrupt_tail} (C{--cut-corrupt-tail}); then it is cut
+like a torn tail, and replication brings it back if the other servers hold
+it.  A crash that persisted a later page of an unsynced write but not an
+earlier one is refused too (valid records follow the damage), a false alarm
+that an operator must clear.  A last segment holding no more than a broken
+header (a crash while creating it) is removed.  What recovery finds is
+fsynced before it counts as synced: after a process crash it may sit in the
+page cache only.
 
 Compaction removes whole segments, oldest first, and stores no base: after
 reopening, C{base_index} is the header base of the first remaining segment,
@@ -61,6 +70,7 @@ from replichat.segment import (
     RECORD_OVERHEAD,
     LogCorruption,
     Segment,
+    damage_at,
     decode_header,
     decode_records,
     encode_header,
@@ -131,18 +141,22 @@ class SegmentedLog:
 
     @ivar directory: the log directory.
     @ivar segment_bytes: the size past which a new segment is started.
+    @ivar cut_corrupt_tail: whether recovery cuts a damaged record at the
+        end of the log that is not a torn write, which may lose an
+        acknowledged entry (an operator's choice), instead of refusing it.
     @ivar synced_index: the highest index known durable.
     """
 
     log = Logger()
 
-    def __init__(self, directory, segment_bytes=16 * 2**20):
+    def __init__(self, directory, segment_bytes=16 * 2**20, cut_corrupt_tail=False):
         """
         @raise LogCorruption: if the log is damaged beyond a torn tail.
         @raise OSError: if the files cannot be read or repaired.
         """
         self.directory = directory
         self.segment_bytes = segment_bytes
+        self.cut_corrupt_tail = cut_corrupt_tail
         self._segments = []
         self._firsts = []  # each segment's first index, for bisect
         self._fd = None  # the last segment, open for reading and writing
@@ -206,18 +220,35 @@ class SegmentedLog:
         bad = scan(segment, buf)
         if bad is not None:
             expected = segment.last_index + 1
+            torn, problem = damage_at(buf, bad, segment.last_epoch)
             if not last:
-                problem = "bad record in a segment that was synced in full"
+                problem += " in a segment that was synced in full"
                 raise LogCorruption(path, bad, expected, problem)
             if valid_record_after(buf, bad, expected) is not None:
-                raise LogCorruption(path, bad, expected, "bad record followed by valid ones")
-            self.log.warn(
-                "cut {cut} bytes of torn tail at offset {offset} of {path} (entry {index} onwards)",
-                cut=len(buf) - bad,
-                offset=bad,
-                path=path,
-                index=expected,
-            )
+                raise LogCorruption(path, bad, expected, problem + ", followed by valid records")
+            if torn:
+                self.log.warn(
+                    "cut {cut} bytes of torn tail at offset {offset} of {path} "
+                    "(entry {index} onwards): {problem}",
+                    cut=len(buf) - bad,
+                    offset=bad,
+                    path=path,
+                    index=expected,
+                    problem=problem,
+                )
+            elif self.cut_corrupt_tail:
+                self.log.warn(
+                    "cut {cut} bytes of corrupt tail at offset {offset} of {path} "
+                    "(entry {index} onwards), as asked (--cut-corrupt-tail): {problem}; "
+                    "entry {index} may have been acknowledged, and is lost here",
+                    cut=len(buf) - bad,
+                    offset=bad,
+                    path=path,
+                    index=expected,
+                    problem=problem,
+                )
+            else:
+                raise LogCorruption(path, bad, expected, problem, tail=True)
             segment.size = bad
             os.truncate(path, bad)
         self._append_segment(segment)

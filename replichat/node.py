@@ -33,6 +33,9 @@ from replichat.state import ChatState, Outcome
 #: How much entry data one read of the log returns while replaying.
 REPLAY_CHUNK_BYTES = 8 * 2**20
 
+#: Seconds to wait before trying again after a snapshot failed.
+SNAPSHOT_RETRY_DELAY = 60.0
+
 
 class RecoveryError(Exception):
     """
@@ -108,13 +111,14 @@ class Node:
         self.role = "starting"
         self.commit_index = 0
         self.failed: str | None = None
-        self._batch: list[tuple[dict, Deferred]] = []
+        self._batch: list[tuple[dict, bytes, Deferred]] = []
         self._flush_call = None
         self._waiting: dict[int, tuple[dict, Deferred]] = {}
         self._push_observers: list[Callable[[int, dict], None]] = []
         self._snapshot_index = 0
         self._bytes_since_snapshot = 0
         self._snapshotting = False
+        self._snapshot_retry_at = 0.0
 
     # -- start-up ------------------------------------------------------------
 
@@ -162,10 +166,14 @@ class Node:
         for snapshot in self.snapshots.load_all():
             if isinstance(snapshot, CorruptSnapshot):
                 self.log.warn(
-                    "skipping corrupt snapshot {path}: {reason}",
+                    "setting aside corrupt snapshot {path}: {reason}",
                     path=snapshot.path,
                     reason=snapshot.reason,
                 )
+                # Out of the count of kept snapshots, so compaction never
+                # relies on it as the fallback.
+                if snapshot.index is not None:
+                    self.snapshots.quarantine(snapshot.index)
                 continue
             if snapshot.index < disk_log.base_index:
                 # Entries between it and the log's start are gone.
@@ -198,6 +206,7 @@ class Node:
         while start <= last:
             for entry in self.disk_log.read(start, max_bytes=REPLAY_CHUNK_BYTES):
                 state.apply(entry.index, decode_command(entry.data))
+                self._bytes_since_snapshot += len(entry.data)
             start = state.applied_index + 1
         return last - self._snapshot_index
 
@@ -228,8 +237,11 @@ class Node:
         """
         if self.failed is not None or self.role != "leader":
             raise ChatError(errors.UNAVAILABLE, "this server cannot commit now; retry")
+        # Encoded now, so a command that cannot be encoded fails alone
+        # instead of taking its whole batch down with it.
+        data = encode_command(command)
         d: Deferred = Deferred()
-        self._batch.append((command, d))
+        self._batch.append((command, data, d))
         if self._flush_call is None:
             # Everything proposed in this reactor turn shares one fsync.
             self._flush_call = self.clock.callLater(0, self.flush)
@@ -247,11 +259,11 @@ class Node:
             return
         first = self.disk_log.last_index + 1
         entries = []
-        for offset, (command, d) in enumerate(batch):
+        for offset, (command, data, d) in enumerate(batch):
             index = first + offset
-            entries.append(Entry(index, self.epoch, encode_command(command)))
+            entries.append(Entry(index, self.epoch, data))
             self._waiting[index] = (command, d)
-        self._bytes_since_snapshot += sum(len(entry.data) for entry in entries)
+            self._bytes_since_snapshot += len(data)
         try:
             self.disk_log.append(entries)
             self.disk_log.sync()
@@ -296,7 +308,7 @@ class Node:
     # -- snapshots -----------------------------------------------------------
 
     def _maybe_snapshot(self) -> None:
-        if self._snapshotting:
+        if self._snapshotting or self.clock.seconds() < self._snapshot_retry_at:
             return
         entries = self.state.applied_index - self._snapshot_index
         if entries >= self.snapshot_every or self._bytes_since_snapshot >= self.snapshot_every_bytes:
@@ -311,7 +323,7 @@ class Node:
         index = self.state.applied_index
         epoch = self.disk_log.epoch_at(index)
         self._snapshotting = True
-        self._bytes_since_snapshot = 0
+        bytes_before, self._bytes_since_snapshot = self._bytes_since_snapshot, 0
 
         def written(_: object) -> None:
             self._snapshot_index = index
@@ -321,6 +333,10 @@ class Node:
             self.log.info("snapshot at {index} written", index=index)
 
         def failed(failure) -> None:
+            # Retry later, not on every batch (a full disk would otherwise
+            # fork a doomed child per batch); the log keeps everything.
+            self._snapshot_retry_at = self.clock.seconds() + SNAPSHOT_RETRY_DELAY
+            self._bytes_since_snapshot = bytes_before
             self.log.failure("snapshot at {index} failed", failure, index=index)
 
         def done(result: object) -> object:

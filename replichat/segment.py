@@ -9,8 +9,11 @@ C{<I} CRC32 of those 24 bytes.  Records follow back to back: C{<II} payload
 length and CRC32 of the payload, then the payload: C{<QQ} index and epoch,
 then the entry's data.
 
-Everything here works on bytes already in memory; the file handling, and
-the policy of what to cut and what to refuse, is in L{replichat.log}.
+Everything here works on bytes already in memory: L{scan} indexes the
+records up to the first one it cannot accept, and L{damage_at} says what is
+wrong with that one, and whether a crash in the middle of a write can have
+left it so.  The file handling, and the policy of what to cut and what to
+refuse, is in L{replichat.log}.
 """
 
 import zlib
@@ -35,6 +38,19 @@ MAX_RECORD = 64 * 2**20
 SEARCH_AHEAD = 64
 """How many indexes past a bad record to look for when telling a torn tail
 from corruption."""
+PAGE_SIZE = 4096
+"""The unit in which a crash may lose part of an unsynced write."""
+ZEROED_PART_MIN = 16
+"""How many bytes of a record a page must hold, all zero, to pass for a page
+lost in a crash (see L{damage_at})."""
+CUT_HINT = (
+    "nothing valid follows it, but a crash during a write leaves no record like "
+    "this one, so entry {index} may have been acknowledged: check that the other "
+    "servers hold it, or accept its loss "
+    "(start with --cut-corrupt-tail to drop it and everything after it)"
+)
+"""What L{LogCorruption} tells the operator about corruption at the very
+end of the log, which the operator may choose to cut."""
 
 
 class LogCorruption(Exception):
@@ -44,17 +60,25 @@ class LogCorruption(Exception):
     @ivar path: the file.
     @ivar offset: the byte offset of the damage.
     @ivar index: the entry index expected there.
+    @ivar problem: what is wrong there.
+    @ivar tail: whether nothing valid follows the damage, so that an
+        operator may choose to cut it (L{CUT_HINT}).
     """
 
-    def __init__(self, path, offset, index, problem):
-        super().__init__(
+    def __init__(self, path, offset, index, problem, tail=False):
+        message = (
             "{path}: {problem} at offset {offset} (expected entry {index}); "
             "refusing to start rather than drop entries that may have been "
-            "acknowledged".format(path=path, problem=problem, offset=offset, index=index)
+            "acknowledged"
         )
+        if tail:
+            message += "; " + CUT_HINT
+        super().__init__(message.format(path=path, problem=problem, offset=offset, index=index))
         self.path = path
         self.offset = offset
         self.index = index
+        self.problem = problem
+        self.tail = tail
 
 
 @define
@@ -179,11 +203,11 @@ def valid_record_after(buf, bad, expected):
 def scan(segment, buf):
     """
     Verify the records in C{buf}, the whole segment file, and index them
-    into C{segment} (whose header is already read) up to the first bad one.
+    into C{segment} (whose header is already read) up to the first one that
+    is damaged or does not continue the log (an index that is not the next
+    one, or a decreasing epoch); L{damage_at} then says what is wrong there.
 
-    @return: the offset of the first bad record, or L{None} if all are good.
-    @raise LogCorruption: for a record with a good CRC but the wrong index
-        or a decreasing epoch, which no torn write produces.
+    @return: the offset of that record, or L{None} if all are good.
     """
     view = memoryview(buf)
     unpack, crc32 = _RECORD.unpack_from, zlib.crc32
@@ -200,9 +224,9 @@ def scan(segment, buf):
         if length < 16 or length > MAX_RECORD or stop > end or crc32(view[pos + 8 : stop]) != crc:
             bad = pos
             break
-        if index != expected or epoch < last_epoch:
-            problem = "entry {} of epoch {} after epoch {}".format(index, epoch, last_epoch)
-            raise LogCorruption(segment.path, pos, expected, problem)
+        if index != expected or epoch < last_epoch:  # intact, but not the next entry
+            bad = pos
+            break
         add_offset(pos)
         add_epoch(epoch)
         expected, last_epoch, pos = index + 1, epoch, stop
@@ -210,6 +234,78 @@ def scan(segment, buf):
     segment.epochs.extend(epochs)
     segment.size = pos
     return bad
+
+
+def damage_at(buf, pos, last_epoch):
+    """
+    Say what is wrong with the record at offset C{pos} of C{buf}, the first
+    one L{scan} did not accept, and whether a crash in the middle of a write
+    can have left it so.
+
+    A crash while appending can leave the file (a) cut short, inside a
+    record; (b) with a record head whose length is impossible, 0 or below
+    the 16 bytes of index and epoch, or above L{MAX_RECORD}, such as the
+    zeros of a file extended before its data reached the disk, or the bytes
+    of a partly written head; or with whole pages of an unsynced write never
+    written out, which read as zeros: (c) from the record to the end of the
+    file, which (a) and (b) already cover, since such a record's length is
+    0 or cut short; or (d) within a complete record, whose CRC then fails,
+    where some L{PAGE_SIZE}-aligned page holds at least L{ZEROED_PART_MIN}
+    bytes of the record, all zero.  The minimum keeps the header bytes that
+    may legitimately be zero (the high bytes of the length, at the start of
+    a record; those of a small index and epoch, at the end of an entry with
+    no data, fewer than 16 since an index is never 0) from passing for a
+    lost page when a bit flipped elsewhere in the record.  Its price is a
+    false alarm, on the safe side: a crash that lost only a page holding
+    fewer than 16 bytes of a record (the end of one that crosses a page
+    boundary by so little) is refused, and an operator must clear it.
+
+    Anything else is not torn: a complete record with a plausible length and
+    a bad CRC (a flipped bit), or a good record that does not continue the
+    log.  Such a record may be an entry that was fsynced and acknowledged.
+
+    Garbage appended after the last record is nearly always (a) or (b): its
+    first four bytes, as a random length, make a complete record of
+    plausible length only if they fall between 16 and the bytes left after
+    them, a chance below C{n / 2**32} for C{n} bytes of garbage (2.3e-7 for
+    1000 bytes, 1/256 for a whole 16 MiB segment).  And the rare garbage
+    that does is refused as corruption, never silently cut.
+
+    @param last_epoch: the epoch of the record before.
+    @return: C{(torn, problem)}: whether the damage is one that a crash
+        during a write leaves, which may be cut, and what it is.
+    """
+    rest = len(buf) - pos
+    if rest < _RECORD_HEAD.size:
+        return True, "incomplete record head ({} bytes)".format(rest)  # (a)
+    length, crc = _RECORD_HEAD.unpack_from(buf, pos)
+    if length < _INDEX_EPOCH.size or length > MAX_RECORD:
+        return True, "impossible record length {}".format(length)  # (b), (c)
+    end = pos + _RECORD_HEAD.size + length
+    if end > len(buf):
+        return True, "record of {} bytes cut short at {}".format(end - pos, rest)  # (a), (c)
+    if zlib.crc32(memoryview(buf)[pos + _RECORD_HEAD.size : end]) == crc:
+        index, epoch = _INDEX_EPOCH.unpack_from(buf, pos + _RECORD_HEAD.size)
+        return False, "entry {} of epoch {} after epoch {}".format(index, epoch, last_epoch)
+    page = _zeroed_page(buf, pos, end)
+    if page is not None:
+        return True, "record with a bad CRC, zeros in the page at offset {}".format(page)  # (d)
+    return False, "complete record with a bad CRC"
+
+
+def _zeroed_page(buf, begin, end):
+    """
+    @return: the offset of the first L{PAGE_SIZE}-aligned page that holds at
+        least L{ZEROED_PART_MIN} bytes of C{buf[begin:end]}, all of them
+        zero, or L{None}.
+    """
+    page = begin - begin % PAGE_SIZE
+    while page < end:
+        first, stop = max(begin, page), min(end, page + PAGE_SIZE)
+        if stop - first >= ZEROED_PART_MIN and buf.count(0, first, stop) == stop - first:
+            return page
+        page += PAGE_SIZE
+    return None
 
 
 def decode_records(segment, buf, begin, first, stop):

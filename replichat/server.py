@@ -12,7 +12,10 @@ server.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import resource
+import signal
 import sys
 import traceback
 
@@ -37,6 +40,12 @@ from replichat.snapshot import FileSnapshotStore
 #: How often the parent looks for its snapshot child's exit, in seconds.
 SNAPSHOT_POLL_INTERVAL = 0.05
 
+#: Seconds after which a snapshot child is deemed stuck and killed.
+SNAPSHOT_TIMEOUT = 600.0
+
+#: prctl(2) option: signal to receive when the parent dies.
+PR_SET_PDEATHSIG = 1
+
 
 class SnapshotFailed(Exception):
     """
@@ -60,16 +69,8 @@ class ForkingSnapshotWriter:
     def write(self, state, index: int, epoch: int) -> Deferred:
         pid = os.fork()
         if pid == 0:  # pragma: no cover (runs in the child)
-            code = 1
-            try:
-                self.store.save(Snapshot(index, epoch, state.to_snapshot()))
-                code = 0
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                # Skip atexit handlers and buffered output inherited from the
-                # parent: the child must not touch anything but its file.
-                os._exit(code)
+            self._child(state, index, epoch)
+        started = self.clock.seconds()
         d: Deferred = Deferred()
 
         def poll() -> None:
@@ -78,6 +79,9 @@ class ForkingSnapshotWriter:
             except ChildProcessError:
                 done, status = pid, 1 << 8
             if done == 0:
+                if self.clock.seconds() - started > SNAPSHOT_TIMEOUT:
+                    self.log.error("snapshot child {pid} hangs; killing it", pid=pid)
+                    os.kill(pid, signal.SIGKILL)
                 return
             loop.stop()
             if os.waitstatus_to_exitcode(status) == 0:
@@ -90,6 +94,39 @@ class ForkingSnapshotWriter:
         loop.start(SNAPSHOT_POLL_INTERVAL, now=False)
         return d
 
+    def _child(self, state, index: int, epoch: int) -> None:  # pragma: no cover
+        code = 1
+        try:
+            # Die with the parent, and let go of its descriptors (sockets,
+            # the log, the data-dir lock's open file): a restarted server
+            # must not find its port or its lock held by an orphan.
+            _die_with_parent()
+            os.closerange(3, _max_fd())
+            self.store.save(Snapshot(index, epoch, state.to_snapshot()))
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            # Skip atexit handlers and buffered output inherited from the
+            # parent: the child must not touch anything but its file.
+            os._exit(code)
+
+
+def _die_with_parent() -> None:
+    """
+    Ask Linux to SIGKILL this process when its parent dies.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def _max_fd() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if 0 < soft < 2**20 else 65536
+
 
 class ChatServer(MultiService):
     """
@@ -98,7 +135,9 @@ class ChatServer(MultiService):
 
     log = Logger()
 
-    def __init__(self, config, node_id: int, data_dir: str, reactor) -> None:
+    def __init__(
+        self, config, node_id: int, data_dir: str, reactor, cut_corrupt_tail: bool = False
+    ) -> None:
         super().__init__()
         self.config = config
         self.node_id = node_id
@@ -111,7 +150,9 @@ class ChatServer(MultiService):
         self.lock = DataDirLock(data_dir)
         self.lock.acquire()
         disk_log = SegmentedLog(
-            os.path.join(data_dir, "log"), segment_bytes=config.log.segment_bytes
+            os.path.join(data_dir, "log"),
+            segment_bytes=config.log.segment_bytes,
+            cut_corrupt_tail=cut_corrupt_tail,
         )
         snapshots = FileSnapshotStore(os.path.join(data_dir, "snapshots"))
         self.node = Node(
@@ -173,13 +214,15 @@ class ChatServer(MultiService):
         os._exit(1)
 
 
-def build_server(config, node_id: int, data_dir: str, reactor) -> ChatServer:
+def build_server(
+    config, node_id: int, data_dir: str, reactor, cut_corrupt_tail: bool = False
+) -> ChatServer:
     """
     Open and recover a node's data directory and return its service.
 
     @raise SystemExit: with a message, if the data cannot be recovered.
     """
     try:
-        return ChatServer(config, node_id, data_dir, reactor)
+        return ChatServer(config, node_id, data_dir, reactor, cut_corrupt_tail)
     except (RecoveryError, LogCorruption, DataDirLocked) as error:
         raise SystemExit("replichat: cannot start node %d: %s" % (node_id, error))

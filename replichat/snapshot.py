@@ -8,6 +8,11 @@ C{<I} CRC32, then the data.  The CRC covers the magic, the three numbers and
 the data, so that a flipped bit in the epoch is caught as surely as one in
 the data.
 
+A snapshot found corrupt is set aside by L{FileSnapshotStore.quarantine},
+renamed to C{{index:020d}.snap.corrupt}: kept for the operator, but no longer
+a snapshot of the store, so it never counts as one of the two kept (the
+fallback that compaction relies on), and never pruned.
+
 Only plain synchronous file I/O is used, so a forked child process (with no
 reactor and no threads) can write a snapshot while the parent keeps serving.
 """
@@ -30,7 +35,8 @@ HEADER_SIZE = _HEADER.size + _CRC.size
 KEEP = 2
 """How many snapshots are kept: the newest, and one to fall back on."""
 
-_NAME = re.compile(r"^(\d{20})\.snap$")
+_NAME = re.compile(r"^(\d{20})\.snap$")  # not .snap.corrupt
+CORRUPT_SUFFIX = ".corrupt"
 
 
 def encode_snapshot(snapshot):
@@ -95,15 +101,28 @@ class FileSnapshotStore:
                 with open(path, "rb") as f:
                     content = f.read()
             except OSError as e:
-                yield CorruptSnapshot(path, "unreadable: {}".format(e))
+                yield CorruptSnapshot(path, "unreadable: {}".format(e), index=index)
                 continue
             decoded = decode_snapshot(content)
             if isinstance(decoded, str):
-                yield CorruptSnapshot(path, decoded)
+                yield CorruptSnapshot(path, decoded, index=index)
             elif decoded.index != index:
-                yield CorruptSnapshot(path, "header says index {}".format(decoded.index))
+                yield CorruptSnapshot(path, "header says index {}".format(decoded.index), index=index)
             else:
                 yield decoded
+
+    def quarantine(self, index):
+        """
+        See L{ISnapshotStore.quarantine}: renames the file to
+        C{{index:020d}.snap.corrupt}, replacing an older one of that name,
+        and fsyncs the directory.
+        """
+        path = self._path(index)
+        try:
+            os.rename(path, path + CORRUPT_SUFFIX)
+        except FileNotFoundError:
+            return
+        fsync_directory(self.directory)
 
     def indexes(self):
         matches = (_NAME.match(name) for name in os.listdir(self.directory))

@@ -1,8 +1,8 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_process -*-
 """
 C{twistd replichat}: command-line options and the service they make.
 
-    twistd -n replichat --config FILE --node ID [--data-dir DIR]
+    twistd -n replichat --config FILE --node ID [--data-dir DIR] [--cut-corrupt-tail]
 
 The config is read and checked in L{Options.postOptions}, so a bad file or a
 bad node id stops twistd with a message naming the key before it
@@ -22,6 +22,12 @@ class Options(usage.Options):
     """
 
     synopsis = "--config FILE --node ID [--data-dir DIR]"
+
+    optFlags = [
+        ["cut-corrupt-tail", None,
+         "Start even if the newest log entry is corrupt, dropping it and what "
+         "follows (it may have been acknowledged; see the server's message)."],
+    ]
 
     optParameters = [
         ["config", None, None, "The cluster's YAML config file (required)."],
@@ -70,5 +76,9 @@ def makeService(options: Options):
     from replichat.server import build_server
 
     return build_server(
-        options["cluster_config"], options["node_id"], options["data_dir"], reactor
+        options["cluster_config"],
+        options["node_id"],
+        options["data_dir"],
+        reactor,
+        cut_corrupt_tail=bool(options["cut-corrupt-tail"]),
     )

@@ -110,10 +110,14 @@ class MemoryLog:
 class MemorySnapshotStore:
     """
     An L{ISnapshotStore} in memory that keeps the newest two snapshots.
+
+    @ivar quarantined: the indexes passed to L{quarantine} that it set
+        aside, in order.
     """
 
     def __init__(self):
         self._snapshots = {}  # index -> Snapshot or CorruptSnapshot
+        self.quarantined = []
 
     def save(self, snapshot):
         self._snapshots[snapshot.index] = snapshot
@@ -127,9 +131,13 @@ class MemorySnapshotStore:
     def indexes(self):
         return sorted(self._snapshots, reverse=True)
 
+    def quarantine(self, index):
+        if self._snapshots.pop(index, None) is not None:
+            self.quarantined.append(index)
+
     def corrupt(self, index, reason="corrupted by a test"):
         """
         Make the stored snapshot at C{index} load as a L{CorruptSnapshot}, as
         a damaged file would.
         """
-        self._snapshots[index] = CorruptSnapshot("memory:{}".format(index), reason)
+        self._snapshots[index] = CorruptSnapshot("memory:{}".format(index), reason, index=index)

@@ -9,6 +9,7 @@ acknowledged entry is never silently cut.
 """
 
 import os
+import random
 import shutil
 import struct
 import zlib
@@ -17,6 +18,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from replichat.entries import Entry
 from replichat.fsutil import write_atomically
 from replichat.log import LogCorruption, SegmentedLog
 from tests.test_log import make_entries
@@ -52,19 +54,22 @@ class SegmentedLogRecoveryTests(SynchronousTestCase):
         self.directory = self.mktemp()
         self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
 
-    def open(self, directory=None, segment_bytes=16 * 2**20):
-        log = SegmentedLog(directory or self.directory, segment_bytes=segment_bytes)
+    def open(self, directory=None, segment_bytes=16 * 2**20, cut_corrupt_tail=False):
+        log = SegmentedLog(
+            directory or self.directory, segment_bytes=segment_bytes, cut_corrupt_tail=cut_corrupt_tail
+        )
         self.addCleanup(log.close)
         return log
 
-    def build(self, count=5, segment_bytes=16 * 2**20):
+    def build(self, count=5, segment_bytes=16 * 2**20, size=10):
         """
-        Write entries 1 to C{count}, one append each, then close the log.
+        Write entries 1 to C{count}, with C{size} bytes of data each, one
+        append each, then close the log.
 
         @return: the entries.
         """
         log = self.open(segment_bytes=segment_bytes)
-        entries = make_entries(1, count)
+        entries = make_entries(1, count, size=size)
         for entry in entries:
             log.append([entry])
         log.sync()
@@ -84,6 +89,15 @@ class SegmentedLogRecoveryTests(SynchronousTestCase):
             byte = f.read(1)[0]
             f.seek(offset)
             f.write(bytes([byte ^ (1 << offset % 8)]))
+
+    def zero(self, path, begin, end):
+        """
+        Overwrite bytes C{begin} to C{end - 1} of C{path} with zeros, as a
+        page never written out reads.
+        """
+        with open(path, "r+b") as f:
+            f.seek(begin)
+            f.write(bytes(end - begin))
 
     def copy(self):
         """
@@ -107,19 +121,61 @@ class SegmentedLogRecoveryTests(SynchronousTestCase):
                 result[name] = f.read()
         return result
 
-    def assertCorrupt(self, directory, path, offset=None):
+    def assertCorrupt(self, directory, path, offset=None, cut_corrupt_tail=False):
         """
         Opening the log in C{directory} fails naming C{path}, and leaves the
         files as they were.
         """
         before = self.contents(directory)
-        error = self.assertRaises(LogCorruption, SegmentedLog, directory)
+        error = self.assertRaises(LogCorruption, SegmentedLog, directory, cut_corrupt_tail=cut_corrupt_tail)
         self.assertEqual(error.path, path)
         self.assertIn(path, str(error))
         if offset is not None:
             self.assertEqual(error.offset, offset)
         self.assertEqual(self.contents(directory), before)
         return error
+
+    def assertCorruptTail(self, directory, path, offset, index):
+        """
+        Opening the log in C{directory} fails on corruption at its very end
+        that no torn write leaves: the message names the file, the offset
+        and the entry, and tells how to accept the loss.  With
+        C{cut_corrupt_tail} it is cut instead, with a warning.
+
+        @return: the log opened with C{cut_corrupt_tail}.
+        """
+        error = self.assertCorrupt(directory, path, offset)
+        self.assertEqual((error.index, error.tail), (index, True))
+        message = str(error)
+        for part in (
+            "offset {}".format(offset),
+            "entry {} may have been acknowledged".format(index),
+            "(start with --cut-corrupt-tail to drop it and everything after it)",
+        ):
+            self.assertIn(part, message)
+        warned = len(self.warnings())
+        log = self.open(directory, cut_corrupt_tail=True)
+        self.assertEqual(len(self.warnings()), warned + 1)
+        event = self.warnings()[-1]
+        self.assertEqual((event["offset"], event["index"], event["path"]), (offset, index, path))
+        self.assertIn("may have been acknowledged", event["log_format"])
+        self.assertEqual((log.last_index, os.path.getsize(path)), (index - 1, offset))
+        return log
+
+    def assertCut(self, directory, path, offset, index, segment_bytes=16 * 2**20):
+        """
+        Opening the log in C{directory} cuts a torn tail at C{offset} of
+        C{path} from entry C{index} on, with a warning, without being told to.
+
+        @return: the log.
+        """
+        warned = len(self.warnings())
+        log = self.open(directory, segment_bytes)
+        self.assertEqual(len(self.warnings()), warned + 1)
+        event = self.warnings()[-1]
+        self.assertEqual((event["offset"], event["index"], event["path"]), (offset, index, path))
+        self.assertEqual((log.last_index, os.path.getsize(path)), (index - 1, offset))
+        return log
 
     def check_torn_tail(self, segment_bytes, last_segment):
         """
@@ -204,16 +260,132 @@ class SegmentedLogRecoveryTests(SynchronousTestCase):
 
     def test_flipped_last_record(self):
         """
-        A bit flipped in the very last record cannot be told from a torn
-        write, and is cut like one.
+        A bit flipped in the very last record, where it leaves a complete
+        record of a plausible length, is not what a torn write leaves: that
+        entry may have been acknowledged, so it is refused, unless the
+        operator asks to cut it.  (A flip in its length field that makes the
+        record impossible or run past the end of the file is cut like a
+        torn write: see L{test_flipped_last_length}.)
         """
         entries = self.build(5, SMALL)
-        for n in range(RECORD):
+        for n in range(4, RECORD):  # all but the length
             copy = self.copy()
             self.flip(self.path(4, copy), 28 + RECORD + n)
-            warned = len(self.warnings())
-            self.assertEqual(self.open(copy, SMALL).read(1), entries[:4])
-            self.assertEqual(len(self.warnings()), warned + 1)
+            log = self.assertCorruptTail(copy, self.path(4, copy), 28 + RECORD, 5)
+            self.assertEqual(log.read(1), entries[:4])
+
+    def test_flipped_last_length(self):
+        """
+        A bit flipped in the length of the very last record is cut like a
+        torn write when the length becomes impossible or runs past the end
+        of the file, and refused when it leaves a shorter complete record.
+        """
+        entries = self.build(5, SMALL)
+        offset = 28 + RECORD
+        for n in range(4):  # the length, 26: each flip is past the end of the file
+            copy = self.copy()
+            self.flip(self.path(4, copy), offset + n)
+            log = self.assertCut(copy, self.path(4, copy), offset, 5, SMALL)
+            self.assertEqual(log.read(1), entries[:4])
+        for length in (10, 0, 2**31 + 26):  # too short for index and epoch, or too long
+            copy = self.copy()
+            with open(self.path(4, copy), "r+b") as f:
+                f.seek(offset)
+                f.write(struct.pack("<I", length))
+            self.assertCut(copy, self.path(4, copy), offset, 5, SMALL)
+        copy = self.copy()
+        with open(self.path(4, copy), "r+b") as f:
+            f.seek(offset)
+            f.write(struct.pack("<I", 26 ^ 8))  # 18: a shorter, complete record
+        self.assertCorruptTail(copy, self.path(4, copy), offset, 5)
+
+    def test_cut_corrupt_tail_not_followed(self):
+        """
+        Being told to cut a corrupt tail cuts neither a bad record followed
+        by valid ones, nor one in a segment synced in full.
+        """
+        self.build(5, SMALL)
+        for first, offset in ((1, 28 + RECORD), (1, 28 + 2 * RECORD), (4, 28)):
+            copy = self.copy()
+            self.flip(self.path(first, copy), offset + 12)
+            error = self.assertCorrupt(copy, self.path(first, copy), offset, cut_corrupt_tail=True)
+            self.assertFalse(error.tail)
+            self.assertNotIn("--cut-corrupt-tail", str(error))
+
+    def test_garbage_tail_random(self):
+        """
+        Random garbage after the last record, as from the torn write of a
+        file system that does not zero new blocks, is cut: its first four
+        bytes as a length are impossible or run past the end of the file,
+        save for a chance of about one in four million for 1000 bytes.
+        """
+        entries = self.build(5)
+        path = self.path(1)
+        size = os.path.getsize(path)
+        for seed in range(100):
+            copy = self.copy()
+            with open(self.path(1, copy), "ab") as f:
+                f.write(random.Random(seed).randbytes(1000))
+            log = self.assertCut(copy, self.path(1, copy), size, 6)
+            self.assertEqual(log.read(1), entries)
+            log.close()
+
+    def test_zeroed_page_in_last_record(self):
+        """
+        A complete last record with a bad CRC where a page it overlaps
+        holds only zeros is what a crash leaves when a page of an unsynced
+        write never reached the disk: it is cut, wherever that page is.
+        """
+        # Records of 1024 bytes from offset 28: the fourth, the last, runs
+        # from 3100 to 4124, over the page boundary at 4096.
+        entries = self.build(4, size=1000)
+        for begin, end in ((4096, 4124), (3100, 4096), (3100, 4124), (3100, 8192)):
+            copy = self.copy()
+            self.zero(self.path(1, copy), begin, end)
+            log = self.assertCut(copy, self.path(1, copy), 3100, 4)
+            self.assertEqual(log.read(1), entries[:3])
+        # A record of 10024 bytes, over three pages, with the middle one lost.
+        self.directory = self.mktemp()
+        entries = self.build(1, size=10000)
+        self.zero(self.path(1), 4096, 8192)
+        log = self.assertCut(self.directory, self.path(1), 28, 1)
+        self.assertEqual(log.read(1), [])
+
+    def test_zeros_not_a_page(self):
+        """
+        Zeros in a complete last record that are not all of its bytes in
+        some page, or are fewer than 16 bytes of it, are not a lost page:
+        the record is refused as corrupt.
+        """
+        self.build(4, size=1000)
+        copy = self.copy()
+        self.zero(self.path(1, copy), 3200, 4095)
+        self.assertCorruptTail(copy, self.path(1, copy), 3100, 4)
+        for tail, torn in ((15, False), (16, True)):
+            # The second record ends C{tail} bytes into the second page.
+            directory = self.mktemp()
+            log = self.open(directory)
+            second = 4096 + tail - 124
+            log.append([Entry(1, 1, b"a" * (second - 28 - 24)), Entry(2, 1, b"b" * 100)])
+            log.sync()
+            log.close()
+            path = self.path(1, directory)
+            self.assertEqual(os.path.getsize(path), 4096 + tail)
+            self.zero(path, 4096, 4096 + tail)
+            if torn:
+                self.assertCut(directory, path, second, 2)
+            else:
+                self.assertCorruptTail(directory, path, second, 2)
+
+    def test_zeroed_page_followed(self):
+        """
+        A zeroed page in a record followed by valid ones, a later page of a
+        write reaching the disk before an earlier one, is refused.
+        """
+        self.build(5, size=1000)
+        self.zero(self.path(1), 4096, 4124)
+        error = self.assertCorrupt(self.directory, self.path(1), 3100, cut_corrupt_tail=True)
+        self.assertEqual((error.index, error.tail), (4, False))
 
     def test_flipped_header(self):
         """
@@ -251,7 +423,8 @@ class SegmentedLogRecoveryTests(SynchronousTestCase):
     def test_well_formed_but_wrong(self):
         """
         A record with a good checksum but a skipped index or a lower epoch
-        is corruption, not a torn tail, even at the very end.
+        is corruption, not a torn tail, even at the very end: it is cut
+        only when the operator asks.
         """
         for records, offset in (
             ([(1, 1), (3, 1)], 28 + 25),
@@ -262,7 +435,7 @@ class SegmentedLogRecoveryTests(SynchronousTestCase):
             path = self.path(1, directory)
             with open(path, "wb") as f:
                 f.write(encode_header(0, 0) + b"".join(encode_record(i, e, b"x") for i, e in records))
-            self.assertCorrupt(directory, path, offset)
+            self.assertCorruptTail(directory, path, offset, 2)
 
     def test_torn_new_segment(self):
         """

@@ -203,9 +203,13 @@ class RecoveryTests(SynchronousTestCase):
         disk = Disk()
         node = disk.node(clock, snapshot_every=10)
         fill(node, clock, "c")
-        disk.snapshots.corrupt(disk.snapshots.indexes()[0])
+        newest = disk.snapshots.indexes()[0]
+        disk.snapshots.corrupt(newest)
         again = disk.node(Clock(), snapshot_every=10)
         self.assertEqual(len(again.state.accounts), 35)
+        # Set aside, so it never counts as one of the two kept snapshots.
+        self.assertNotIn(newest, disk.snapshots.indexes())
+        self.assertEqual(disk.snapshots.quarantined, [newest])
         self.flushLoggedErrors()
 
     def test_no_snapshot_for_compacted_log(self) -> None:

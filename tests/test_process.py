@@ -6,6 +6,7 @@ killed with SIGKILL and restarted, with its files damaged on purpose.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -110,6 +111,52 @@ class CrashRecoveryTests(TestCase):
         server.kill()
         server.start()
         workload.check(self)
+
+    def test_sigkill_under_load(self) -> None:
+        """
+        SIGKILL while 300 pipelined sends are in flight: after the restart
+        every acknowledged send is there once, every unanswered one at most
+        once, and retrying the unanswered ones by rid completes each exactly
+        once.
+        """
+        server = self.server().start()
+        setup = server.client()
+        for name in ("alice", "bob"):
+            setup.ok("create_account", username=name, password="pw")
+        sender = server.client()
+        sender.ok("login", username="alice", password="pw")
+        count = 300
+        lines = b"".join(
+            json.dumps({"id": i, "op": "send", "to": "bob", "text": "load %d" % i,
+                        "rid": "load-%d" % i}).encode() + b"\n"
+            for i in range(count)
+        )
+        sender.file.write(lines)
+        sender.file.flush()
+        acked = set()
+        while len(acked) < 40:
+            answer = json.loads(sender.file.readline())
+            if answer.get("ok"):
+                acked.add(answer["id"])
+        server.kill()
+        for line in sender.file:  # answers already on their way count too
+            answer = json.loads(line)
+            if answer.get("ok"):
+                acked.add(answer["id"])
+        server.start()
+        bob = server.client()
+        bob.ok("login", username="bob", password="pw")
+        texts = [m["text"] for m in bob.ok("history", limit=1000)["messages"]]
+        for i in acked:
+            self.assertEqual(texts.count("load %d" % i), 1, i)
+        self.assertLessEqual(max(texts.count(t) for t in texts), 1)
+        retry = server.client()
+        retry.ok("login", username="alice", password="pw")
+        for i in range(count):
+            if i not in acked:
+                retry.ok("send", to="bob", text="load %d" % i, rid="load-%d" % i)
+        texts = [m["text"] for m in bob.ok("history", limit=1000)["messages"]]
+        self.assertEqual(sorted(texts), sorted("load %d" % i for i in range(count)))
 
     def test_snapshots_and_compaction(self) -> None:
         """

@@ -13,6 +13,7 @@ from zope.interface.verify import verifyObject
 
 from replichat.entries import CorruptSnapshot, Snapshot
 from replichat.interfaces import ISnapshotStore
+from replichat import snapshot as snapshot_module
 from replichat.snapshot import FileSnapshotStore
 from replichat.testing import MemorySnapshotStore
 
@@ -26,6 +27,13 @@ class SnapshotStoreContractMixin:
     def make_store(self):
         """
         @return: a new, empty L{ISnapshotStore}.
+        """
+        raise NotImplementedError()
+
+    def corrupt(self, store, index):
+        """
+        Damage the snapshot at C{index} in C{store}, so that it loads as a
+        L{CorruptSnapshot}.
         """
         raise NotImplementedError()
 
@@ -80,6 +88,44 @@ class SnapshotStoreContractMixin:
         self.assertEqual(list(store.load_all()), [Snapshot(7, 2, b"new")])
 
 
+    def test_corrupt_index(self):
+        """
+        A corrupt snapshot says its index, for L{ISnapshotStore.quarantine}.
+        """
+        store = self.make_store()
+        store.save(Snapshot(1, 1, b"a"))
+        store.save(Snapshot(2, 1, b"b"))
+        self.corrupt(store, 2)
+        loaded = list(store.load_all())
+        self.assertIsInstance(loaded[0], CorruptSnapshot)
+        self.assertEqual((loaded[0].index, loaded[1:]), (2, [Snapshot(1, 1, b"a")]))
+
+    def test_quarantine(self):
+        """
+        A quarantined snapshot is no longer listed nor loaded, and does not
+        count as one of the two kept: the next saves keep two intact ones.
+        """
+        store = self.make_store()
+        store.save(Snapshot(1, 1, b"a"))
+        store.save(Snapshot(2, 1, b"b"))
+        self.corrupt(store, 2)
+        store.quarantine(2)
+        self.assertEqual((store.indexes(), list(store.load_all())), ([1], [Snapshot(1, 1, b"a")]))
+        store.save(Snapshot(3, 1, b"c"))
+        self.assertEqual(list(store.load_all()), [Snapshot(3, 1, b"c"), Snapshot(1, 1, b"a")])
+        store.save(Snapshot(4, 1, b"d"))
+        self.assertEqual(list(store.load_all()), [Snapshot(4, 1, b"d"), Snapshot(3, 1, b"c")])
+
+    def test_quarantine_missing(self):
+        """
+        Quarantining an index with no snapshot does nothing.
+        """
+        store = self.make_store()
+        store.save(Snapshot(1, 1, b"a"))
+        store.quarantine(2)
+        self.assertEqual(list(store.load_all()), [Snapshot(1, 1, b"a")])
+
+
 class FileSnapshotStoreTests(SnapshotStoreContractMixin, SynchronousTestCase):
     """
     L{FileSnapshotStore} keeps the contract, durably, and reports damaged
@@ -94,6 +140,42 @@ class FileSnapshotStoreTests(SnapshotStoreContractMixin, SynchronousTestCase):
 
     def path(self, index):
         return os.path.join(self.directory, "%020d.snap" % (index,))
+
+    def corrupt(self, store, index):
+        with open(self.path(index), "r+b") as f:
+            f.seek(-1, os.SEEK_END)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_END)
+            f.write(bytes([byte[0] ^ 1]))
+
+    def test_quarantine_file(self):
+        """
+        Quarantine renames the file to C{.snap.corrupt}, whole, and fsyncs
+        the directory; the file is kept, through later saves and pruning,
+        and ignored when the store is opened again.
+        """
+        store = self.make_store()
+        store.save(Snapshot(1, 1, b"a"))
+        store.save(Snapshot(2, 1, b"b"))
+        self.corrupt(store, 2)
+        with open(self.path(2), "rb") as f:
+            damaged = f.read()
+        synced = []
+        self.patch(snapshot_module, "fsync_directory", synced.append)
+        store.quarantine(2)
+        self.assertEqual(synced, [self.directory])
+        quarantined = self.path(2) + ".corrupt"
+        with open(quarantined, "rb") as f:
+            self.assertEqual(f.read(), damaged)
+        self.assertFalse(os.path.exists(self.path(2)))
+        for index in (3, 4, 5):
+            store.save(Snapshot(index, 1, b"%d" % (index,)))
+        store = self.make_store()
+        self.assertEqual(store.indexes(), [5, 4])
+        self.assertEqual(
+            sorted(os.listdir(self.directory)),
+            ["%020d.snap.corrupt" % (2,), "%020d.snap" % (4,), "%020d.snap" % (5,)],
+        )
 
     def test_files(self):
         """
@@ -156,7 +238,7 @@ class FileSnapshotStoreTests(SnapshotStoreContractMixin, SynchronousTestCase):
         ]:
             with open(self.path(2), "wb") as f:
                 f.write(damaged)
-            self.assertEqual(list(store.load_all()), [CorruptSnapshot(self.path(2), reason)])
+            self.assertEqual(list(store.load_all()), [CorruptSnapshot(self.path(2), reason, index=2)])
 
     def test_misnamed(self):
         """
@@ -165,7 +247,7 @@ class FileSnapshotStoreTests(SnapshotStoreContractMixin, SynchronousTestCase):
         store = self.make_store()
         store.save(Snapshot(2, 5, b"state"))
         os.rename(self.path(2), self.path(3))
-        self.assertEqual(list(store.load_all()), [CorruptSnapshot(self.path(3), "header says index 2")])
+        self.assertEqual(list(store.load_all()), [CorruptSnapshot(self.path(3), "header says index 2", index=3)])
 
     def test_forked_child(self):
         """
@@ -192,6 +274,19 @@ class MemorySnapshotStoreTests(SnapshotStoreContractMixin, SynchronousTestCase):
     def make_store(self):
         return MemorySnapshotStore()
 
+    def corrupt(self, store, index):
+        store.corrupt(index)
+
+    def test_quarantined(self):
+        """
+        C{quarantined} lists the indexes set aside.
+        """
+        store = MemorySnapshotStore()
+        store.save(Snapshot(1, 1, b"a"))
+        store.quarantine(1)
+        store.quarantine(2)
+        self.assertEqual(store.quarantined, [1])
+
     def test_corrupt(self):
         """
         C{corrupt} makes a snapshot load as a L{CorruptSnapshot}.
@@ -202,5 +297,5 @@ class MemorySnapshotStoreTests(SnapshotStoreContractMixin, SynchronousTestCase):
         store.corrupt(2, "bit rot")
         self.assertEqual(
             list(store.load_all()),
-            [CorruptSnapshot("memory:2", "bit rot"), Snapshot(1, 1, b"a")],
+            [CorruptSnapshot("memory:2", "bit rot", index=2), Snapshot(1, 1, b"a")],
         )
