@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import deque
+from inspect import iscoroutine
 from typing import Any, Protocol
 
 from attrs import define
@@ -27,6 +28,7 @@ from twisted.logger import Logger
 from replichat import errors
 from replichat.errors import ChatError
 from replichat.requests import MUTATING, Request
+from replichat.state import Outcome
 
 #: How long login attempts are remembered for rate limiting, in seconds.
 LOGIN_WINDOW = 60.0
@@ -57,6 +59,12 @@ class Session:
     uid: int | None = None
     username: str | None = None
     token_hash: str | None = None
+
+
+def _result_of(outcome: Outcome) -> dict:
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.result
 
 
 def token_hash(token: str) -> str:
@@ -126,20 +134,24 @@ class ChatHandler:
 
     # -- dispatch ------------------------------------------------------------
 
-    def handle(self, connection: Connection, request: Request) -> Deferred:
+    def handle(self, connection: Connection, request: Request) -> dict | Deferred:
         """
         Run one request.
 
-        @return: a Deferred firing with the C{result} object, or failing
-            with L{ChatError}.
-        """
-        return Deferred.fromCoroutine(self._handle(connection, request))
+        Reads are answered at once; writes return a Deferred that fires once
+        the write is committed.  Most ops are plain functions: a coroutine
+        per request costs more than the rest of a C{send} put together, so
+        only the ops that wait for a password hash are coroutines.
 
-    async def _handle(self, connection: Connection, request: Request) -> dict:
+        @return: the C{result} object, or a Deferred firing with it.
+        @raise ChatError: (or the Deferred fails with it) if refused.
+        """
         if request.op in MUTATING:
             self._require_leader()
-        method = getattr(self, "op_" + request.op)
-        return await method(connection, request, **request.args)
+        result = getattr(self, "op_" + request.op)(connection, request, **request.args)
+        if iscoroutine(result):
+            return Deferred.fromCoroutine(result)
+        return result
 
     def _require_leader(self) -> None:
         node = self.node
@@ -169,23 +181,23 @@ class ChatHandler:
             raise ChatError(errors.NOT_LOGGED_IN, "this session has ended; log in again")
         return account
 
-    async def _commit(self, request: Request, command: dict, dedupe: bool = True) -> dict:
+    def _commit(self, request: Request, command: dict, dedupe: bool = True) -> Deferred:
         """
         Propose a command carrying the request's rid and fingerprint (unless
-        C{dedupe} is false); return its result or raise its error.
+        C{dedupe} is false).
+
+        @return: a Deferred firing with the command's result, or failing
+            with its error.
         """
         if dedupe and request.rid is not None:
             command["rid"] = request.rid
             command["fp"] = request.fingerprint()
         command.setdefault("ts", self.clock.seconds())
-        outcome = await self.node.propose(command)
-        if outcome.error is not None:
-            raise outcome.error
-        return outcome.result
+        return self.node.propose(command).addCallback(_result_of)
 
     # -- ops -----------------------------------------------------------------
 
-    async def op_hello(self, connection: Connection, request: Request) -> dict:
+    def op_hello(self, connection: Connection, request: Request) -> dict:
         node = self.node
         return {
             "node": node.node_id,
@@ -194,7 +206,7 @@ class ChatHandler:
             "leader": self._leader(),
         }
 
-    async def op_cluster(self, connection: Connection, request: Request) -> dict:
+    def op_cluster(self, connection: Connection, request: Request) -> dict:
         node = self.node
         nodes = []
         for address in self.cluster.nodes.values():
@@ -314,7 +326,7 @@ class ChatHandler:
             else:
                 del self._hashing[connection]
 
-    async def op_resume(self, connection: Connection, request: Request, token: str) -> dict:
+    def op_resume(self, connection: Connection, request: Request, token: str) -> dict:
         hashed = token_hash(token)
         account = self.node.state.session(hashed)
         if account is None:
@@ -322,28 +334,28 @@ class ChatHandler:
         self._set_session(connection, Session(account.uid, account.username, hashed))
         return {"username": account.username, "unread": len(account.unread)}
 
-    async def op_logout(self, connection: Connection, request: Request) -> dict:
+    def op_logout(self, connection: Connection, request: Request) -> dict:
         session = connection.session
         if session.uid is None:
             raise ChatError(errors.NOT_LOGGED_IN, "not logged in")
         self._set_session(connection, Session())
-        await self._commit(request, {"op": "logout", "who": session.uid,
-                                     "token_hash": session.token_hash})
-        return {}
+        return self._commit(
+            request, {"op": "logout", "who": session.uid, "token_hash": session.token_hash}
+        )
 
-    async def op_list_accounts(
+    def op_list_accounts(
         self, connection: Connection, request: Request, pattern: str, offset: int, limit: int
     ) -> dict:
         return self.node.state.list_accounts(pattern, offset, limit)
 
-    async def op_send(
+    def op_send(
         self, connection: Connection, request: Request, to: str, text: str
     ) -> dict:
         account = self._session_account(connection)
         recipient = self.node.state.account_named(to)
         if recipient is None and not self._is_retry(request):
             raise ChatError(errors.NO_SUCH_USER, "no account is named %r" % (to,))
-        return await self._commit(
+        return self._commit(
             request,
             {"op": "send", "who": account.uid,
              "to": None if recipient is None else recipient.uid, "text": text},
@@ -352,11 +364,11 @@ class ChatHandler:
     def _is_retry(self, request: Request) -> bool:
         return request.rid is not None and self.node.state.remembered(request.rid)
 
-    async def op_read(self, connection: Connection, request: Request, limit: int) -> dict:
+    def op_read(self, connection: Connection, request: Request, limit: int) -> dict:
         account = self._session_account(connection)
-        return await self._commit(request, {"op": "read", "who": account.uid, "limit": limit})
+        return self._commit(request, {"op": "read", "who": account.uid, "limit": limit})
 
-    async def op_history(
+    def op_history(
         self, connection: Connection, request: Request, limit: int, before: int | None,
         **args: Any,
     ) -> dict:
@@ -370,11 +382,11 @@ class ChatHandler:
             with_uid = other.uid
         return {"messages": state.history(account.uid, with_uid, before, limit)}
 
-    async def op_delete_messages(
+    def op_delete_messages(
         self, connection: Connection, request: Request, ids: list[int]
     ) -> dict:
         account = self._session_account(connection)
-        return await self._commit(
+        return self._commit(
             request, {"op": "delete_messages", "who": account.uid, "ids": ids}
         )
 

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import json
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from replichat import errors
@@ -39,12 +41,9 @@ from replichat.handler import Session
 from replichat.requests import parse_request
 
 
-def encode_line(obj: dict) -> bytes:
-    """
-    One protocol line for C{obj}: strict JSON (no NaN), valid UTF-8.
-    """
-    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return text.encode("utf-8") + b"\n"
+#: Made once: C{json.dumps} and C{json.loads} with options build a new
+#: encoder or decoder per call, which costs as much as the encoding itself.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _reject_constant(name: str) -> object:
@@ -58,6 +57,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def encode_line(obj: dict) -> bytes:
+    """
+    One protocol line for C{obj}: strict JSON (no NaN), valid UTF-8.
+    """
+    return _ENCODER.encode(obj).encode("utf-8") + b"\n"
+
+
 def decode_line(line: bytes) -> object:
     """
     The JSON value of one request line.
@@ -69,9 +78,7 @@ def decode_line(line: bytes) -> object:
         echoed back.
     """
     try:
-        obj = json.loads(
-            line.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
-        )
+        obj = _DECODER.decode(line.decode("utf-8"))
     except UnicodeDecodeError:
         raise ChatError(errors.BAD_REQUEST, "a line must be UTF-8")
     except RecursionError:
@@ -81,7 +88,7 @@ def decode_line(line: bytes) -> object:
     if b"\\u" in line:
         # Only a \u escape can smuggle in a surrogate; check those lines.
         try:
-            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+            _ENCODER.encode(obj).encode("utf-8")
         except UnicodeEncodeError:
             raise ChatError(errors.BAD_REQUEST, "a string holds an unpaired surrogate")
     return obj
@@ -184,9 +191,15 @@ class ClientProtocol(LineOnlyReceiver, TimeoutMixin):
                 ),
             )
         self.inflight += 1
-        d = self.handler.handle(self, request)
-        d.addCallbacks(self._answer_result, self._answer_failure,
-                       callbackArgs=(request_id,), errbackArgs=(request_id,))
+        try:
+            result = self.handler.handle(self, request)
+        except Exception:
+            return self._answer_failure(Failure(), request_id)
+        if isinstance(result, Deferred):
+            result.addCallbacks(self._answer_result, self._answer_failure,
+                                callbackArgs=(request_id,), errbackArgs=(request_id,))
+        else:
+            self._answer_result(result, request_id)
 
     # -- answers and events ----------------------------------------------------
 

@@ -44,11 +44,14 @@ class RecoveryError(Exception):
     """
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode_command(command: dict) -> bytes:
     """
     The log entry data for a command.
     """
-    return json.dumps(command, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(command).encode("utf-8")
 
 
 def decode_command(data: bytes) -> dict:

@@ -30,6 +30,8 @@ MAX_PATTERN_CHARS = 256
 MAX_PAGE = 1000
 MAX_IDS = 1000
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
 #: Ops that change the replicated state; only the leader takes them.
 MUTATING = frozenset(
     {"create_account", "login", "logout", "send", "read", "delete_messages", "delete_account"}
@@ -62,8 +64,8 @@ class Request:
         its rid so that a rid reused for a different request is noticed.
         """
         public = {k: v for k, v in self.args.items() if k != "password"}
-        text = json.dumps([self.op, public], sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        text = _CANONICAL.encode([self.op, public])
+        return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
 
 def _bad(message: str) -> ChatError:
@@ -157,6 +159,9 @@ OPS: dict[str, dict[str, tuple[object, Validator]]] = {
 }
 
 
+_ALLOWED = {op: frozenset(spec) | {"id", "op", "rid"} for op, spec in OPS.items()}
+
+
 def parse_request(obj: object, limits: Any) -> Request:
     """
     Validate a decoded request line.
@@ -177,8 +182,8 @@ def parse_request(obj: object, limits: Any) -> Request:
     spec = OPS.get(op)
     if spec is None:
         raise ChatError(errors.UNKNOWN_OP, "unknown op %r" % (op[:64],))
-    unknown = sorted(set(obj) - set(spec) - {"id", "op", "rid"})
-    if unknown:
+    if not obj.keys() <= _ALLOWED[op]:
+        unknown = sorted(set(obj) - _ALLOWED[op])
         raise _bad("%s does not take %s" % (op, ", ".join(map(repr, unknown))))
     rid = obj.get("rid")
     if rid is not None:
