@@ -54,11 +54,14 @@ def encode_command(command: dict) -> bytes:
     return _ENCODER.encode(command).encode("utf-8")
 
 
+_DECODER = json.JSONDecoder()
+
+
 def decode_command(data: bytes) -> dict:
     """
     The command of a log entry.
     """
-    return json.loads(data)
+    return _DECODER.decode(data.decode("utf-8"))
 
 
 class InlineSnapshotWriter:
@@ -186,7 +189,14 @@ class Node:
                     first=disk_log.first_index,
                 )
                 continue
-            state = ChatState.from_snapshot(snapshot.data)
+            try:
+                state = ChatState.from_snapshot(snapshot.data)
+            except (ValueError, KeyError, TypeError) as error:
+                # Intact on disk (its checksum matched) but unreadable here:
+                # a newer format, or a bug.  Never guess; stop.
+                raise RecoveryError(
+                    "snapshot %d cannot be read by this version: %s" % (snapshot.index, error)
+                )
             if state.applied_index != snapshot.index:
                 raise RecoveryError(
                     "snapshot %d holds the state at %d" % (snapshot.index, state.applied_index)

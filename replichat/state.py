@@ -12,7 +12,8 @@ rebuilds it exactly.
 A message is addressed to an account's uid, which is never reused, so mail
 can never reach a later account that took a freed name.
 
-Reading always takes the oldest unread messages first, so an account's
+Each message is stored once, in C{ChatState.messages}; accounts hold only
+ids.  Reading always takes the oldest unread messages first, so an account's
 unread messages are an ordered subset of its inbox; both are insertion
 ordered dicts keyed by message id (message ids only grow), which makes
 "read N", "delete these ids" and "newest first" cheap.
@@ -24,7 +25,6 @@ import bisect
 import fnmatch
 import hashlib
 import heapq
-import json
 import re
 from collections import OrderedDict
 from itertools import islice
@@ -34,8 +34,8 @@ from attrs import define, field, frozen
 
 from replichat import errors
 from replichat.errors import ChatError
+from replichat.statecodec import decode_state, encode_state
 
-SNAPSHOT_FORMAT = 1
 
 #: How many request ids the state remembers, oldest forgotten first.  It is
 #: part of the replicated semantics, so it is a constant and not a setting:
@@ -78,9 +78,9 @@ class Account:
     """
     One account and its mail.
 
-    @ivar inbox: received messages this account has not deleted.
+    @ivar inbox: ids of received messages this account has not deleted.
     @ivar unread: the ids in C{inbox} not yet read, oldest first.
-    @ivar sent: messages sent by this account that it has not deleted.
+    @ivar sent: ids of messages it sent and has not deleted.
     @ivar sessions: token hash -> login time, oldest first.
     """
 
@@ -134,6 +134,7 @@ class ChatState:
         self.next_uid = 1
         self.next_message_id = 1
         self.accounts: dict[int, Account] = {}
+        self.messages: dict[int, Message] = {}
         self.uids_by_name: dict[str, int] = {}
         self.sorted_names: list[str] = []
         self.sessions: dict[str, int] = {}
@@ -233,9 +234,10 @@ class ChatState:
             command["ts"],
         )
         self.next_message_id += 1
-        recipient.inbox[message.id] = message
+        self.messages[message.id] = message
+        recipient.inbox[message.id] = None
         recipient.unread[message.id] = None
-        sender.sent[message.id] = message
+        sender.sent[message.id] = None
         wire = message.to_wire()
         return _ok({"message": wire}, pushes=((recipient.uid, wire),))
 
@@ -246,7 +248,7 @@ class ChatState:
             del account.unread[message_id]
         return _ok(
             {
-                "messages": [account.inbox[i].to_wire() for i in taken],
+                "messages": [self.messages[i].to_wire() for i in taken],
                 "remaining": len(account.unread),
             }
         )
@@ -262,13 +264,25 @@ class ChatState:
                 errors.NOT_FOUND,
                 "no message of yours has id %s" % (", ".join(map(str, missing)),),
             )
-        deleted = 0
-        for message_id in dict.fromkeys(ids):
+        unique = list(dict.fromkeys(ids))
+        for message_id in unique:
             account.unread.pop(message_id, None)
-            deleted += (account.inbox.pop(message_id, None) is not None) | (
-                account.sent.pop(message_id, None) is not None
-            )
-        return _ok({"deleted": deleted})
+            account.inbox.pop(message_id, 0)
+            account.sent.pop(message_id, 0)
+            self._forget_if_unseen(message_id)
+        return _ok({"deleted": len(unique)})
+
+    def _forget_if_unseen(self, message_id: int) -> None:
+        """
+        Drop a message that neither its recipient nor its sender still has.
+        """
+        message = self.messages[message_id]
+        recipient = self.accounts.get(message.to_uid)
+        sender = self.accounts.get(message.from_uid)
+        if (recipient is None or message_id not in recipient.inbox) and (
+            sender is None or message_id not in sender.sent
+        ):
+            del self.messages[message_id]
 
     def _apply_delete_account(self, command: dict) -> Outcome:
         account = self._account(command["who"])
@@ -277,6 +291,9 @@ class ChatState:
         del self.sorted_names[bisect.bisect_left(self.sorted_names, account.username)]
         for token_hash in account.sessions:
             del self.sessions[token_hash]
+        for message_id in [*account.inbox, *account.sent]:
+            if message_id in self.messages:
+                self._forget_if_unseen(message_id)
         return _ok({})
 
     def _account(self, uid: int) -> Account:
@@ -343,20 +360,16 @@ class ChatState:
         those exchanged with C{with_uid} and those older than C{before}.
         """
         account = self.accounts[uid]
-        newest_first = heapq.merge(
-            reversed(account.inbox.values()),
-            reversed(account.sent.values()),
-            key=lambda message: message.id,
-            reverse=True,
-        )
+        newest_first = heapq.merge(reversed(account.inbox), reversed(account.sent), reverse=True)
         page = []
         last_id = None
-        for message in newest_first:
-            if message.id == last_id:
+        for message_id in newest_first:
+            if message_id == last_id:
                 continue  # a message to oneself is in both inbox and sent
-            last_id = message.id
-            if before is not None and message.id >= before:
+            last_id = message_id
+            if before is not None and message_id >= before:
                 continue
+            message = self.messages[message_id]
             if with_uid is not None and with_uid not in (message.from_uid, message.to_uid):
                 continue
             page.append(message.to_wire())
@@ -368,37 +381,10 @@ class ChatState:
 
     def to_snapshot(self) -> bytes:
         """
-        Encode the whole state; L{from_snapshot} of it equals this state.
-        The encoding is canonical, so equal states encode to equal bytes.
+        Encode the whole state (L{replichat.statecodec}); L{from_snapshot}
+        of it equals this state, and equal states encode to equal bytes.
         """
-        messages: dict[int, Message] = {}
-        accounts = []
-        for uid in sorted(self.accounts):
-            account = self.accounts[uid]
-            messages.update(account.inbox)
-            messages.update(account.sent)
-            accounts.append(
-                [
-                    uid,
-                    account.username,
-                    account.password,
-                    account.created_at,
-                    list(account.inbox),
-                    list(account.unread),
-                    list(account.sent),
-                    [[token, ts] for token, ts in account.sessions.items()],
-                ]
-            )
-        document = {
-            "format": SNAPSHOT_FORMAT,
-            "applied_index": self.applied_index,
-            "next_uid": self.next_uid,
-            "next_message_id": self.next_message_id,
-            "accounts": accounts,
-            "messages": [list(messages[i]) for i in sorted(messages)],
-            "rids": [[rid, *remembered] for rid, remembered in self.rids.items()],
-        }
-        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+        return encode_state(self)
 
     @classmethod
     def from_snapshot(cls, data: bytes) -> ChatState:
@@ -407,29 +393,7 @@ class ChatState:
 
         @raise ValueError: if the data is not a snapshot of a known format.
         """
-        document = json.loads(data)
-        if document.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError("unknown snapshot format %r" % (document.get("format"),))
-        state = cls()
-        state.applied_index = document["applied_index"]
-        state.next_uid = document["next_uid"]
-        state.next_message_id = document["next_message_id"]
-        messages = {row[0]: Message._make(row) for row in document["messages"]}
-        for uid, name, password, created, inbox, unread, sent, sessions in document[
-            "accounts"
-        ]:
-            account = Account(uid, name, password, created)
-            account.inbox = {i: messages[i] for i in inbox}
-            account.unread = dict.fromkeys(unread)
-            account.sent = {i: messages[i] for i in sent}
-            account.sessions = {token: ts for token, ts in sessions}
-            state.accounts[uid] = account
-            state.uids_by_name[name] = uid
-            state.sessions.update(dict.fromkeys(account.sessions, uid))
-        state.sorted_names = sorted(state.uids_by_name)
-        for rid, who, fingerprint, result, error in document["rids"]:
-            state.rids[rid] = (who, fingerprint, result, None if error is None else tuple(error))
-        return state
+        return decode_state(data, cls)
 
     def digest(self) -> str:
         """
@@ -441,8 +405,4 @@ class ChatState:
         """
         Every stored message once, in id order (for checkers and tools).
         """
-        seen: dict[int, Message] = {}
-        for account in self.accounts.values():
-            seen.update(account.inbox)
-            seen.update(account.sent)
-        return (seen[i] for i in sorted(seen))
+        return (self.messages[i] for i in sorted(self.messages))

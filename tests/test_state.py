@@ -127,7 +127,7 @@ class AccountTests(SynchronousTestCase):
         self.assertIsNone(d.state.session("ta"))
         self.assertEqual(d.state.list_accounts("*", 0, 10), {"accounts": ["bob"], "total": 1})
         bob = d.state.account_named("bob")
-        self.assertEqual([m.text for m in bob.inbox.values()], ["from alice"])
+        self.assertEqual([d.state.messages[i].text for i in bob.inbox], ["from alice"])
         d.create("alice")
         self.assertEqual(d.uid("alice"), 3)
         self.assertEqual(d.state.account_named("alice").inbox, {})
@@ -225,6 +225,23 @@ class MessageTests(SynchronousTestCase):
         self.assertEqual(list(account.inbox), [ids[1]])
         self.assertEqual(list(account.unread), [ids[1]])
         self.assertEqual(len(self.d.state.account_named("alice").sent), 3)
+
+    def test_forgotten_when_nobody_has_it(self) -> None:
+        """
+        A message is kept while its sender or its recipient still has it,
+        and dropped once neither does (deleted, or the account is gone).
+        """
+        first = self.d.send("alice", "bob", "a").result["message"]["id"]
+        second = self.d.send("alice", "bob", "b").result["message"]["id"]
+        alice, bob = self.d.uid("alice"), self.d.uid("bob")
+        self.d.apply({"op": "delete_messages", "who": bob, "ids": [first]})
+        self.assertIn(first, self.d.state.messages)
+        self.d.apply({"op": "delete_messages", "who": alice, "ids": [first]})
+        self.assertNotIn(first, self.d.state.messages)
+        self.d.apply({"op": "delete_account", "who": alice})
+        self.assertIn(second, self.d.state.messages)
+        self.d.apply({"op": "delete_account", "who": bob})
+        self.assertEqual(self.d.state.messages, {})
 
     def test_delete_others_refused(self) -> None:
         """
