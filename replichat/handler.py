@@ -19,6 +19,7 @@ import hashlib
 import secrets
 from collections import deque
 from inspect import iscoroutine
+from itertools import islice
 from typing import Any, Protocol
 
 from attrs import define
@@ -272,17 +273,16 @@ class ChatHandler:
         already holds too many attempts that did not succeed.
         """
         now = self.clock.seconds()
-        for name in list(self._login_attempts)[:8]:
-            # Sweep a few names per attempt so the table stays small.
+        # Sweep the oldest few names per attempt so the table stays small.
+        for name in [*islice(self._login_attempts, 8), username]:
             self._prune_attempts(name, now)
         attempts = self._login_attempts.setdefault(username, deque())
-        self._prune_attempts(username, now)
         if len(attempts) >= self.limits.login_attempts_per_minute:
             raise ChatError(
                 errors.RATE_LIMITED,
                 "too many failed logins for %r; wait a minute" % (username,),
             )
-        self._login_attempts.setdefault(username, attempts).append(now)
+        attempts.append(now)
         return now
 
     def _prune_attempts(self, username: str, now: float) -> None:
