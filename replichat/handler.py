@@ -19,7 +19,6 @@ import hashlib
 import secrets
 from collections import deque
 from inspect import iscoroutine
-from itertools import islice
 from typing import Any, Protocol
 
 from attrs import define
@@ -31,8 +30,10 @@ from replichat.errors import ChatError
 from replichat.requests import MUTATING, Request
 from replichat.state import Outcome
 
-#: How long login attempts are remembered for rate limiting, in seconds.
+#: How long login attempts are remembered for rate limiting, in seconds,
+#: and for how many names at most.
 LOGIN_WINDOW = 60.0
+LOGIN_TABLE_LIMIT = 100_000
 
 #: Password hashes (scrypt, tens of milliseconds of CPU each) one connection
 #: may have in progress, and the whole server: past these, requests that
@@ -43,7 +44,9 @@ HASHES_IN_PROGRESS = 16
 
 class Connection(Protocol):
     """
-    What the handler needs of a client connection.
+    What the handler needs of a client connection.  Its protocol calls
+    L{ChatHandler.handle}, which answers a read at once (returns the result,
+    or raises L{ChatError}) and a write later (returns a Deferred).
     """
 
     session: "Session"
@@ -271,28 +274,32 @@ class ChatHandler:
         Count a login attempt for C{username} before its password is checked
         (so pipelined guesses count too), or refuse it if the last minute
         already holds too many attempts that did not succeed.
+
+        The table is ordered by each name's latest attempt (a name moves to
+        the end when tried), so expired names are always at the front and
+        the sweep stops at the first live one; it is also capped, so a flood
+        of new names cannot grow it without bound.
         """
         now = self.clock.seconds()
-        # Sweep the oldest few names per attempt so the table stays small.
-        for name in [*islice(self._login_attempts, 8), username]:
-            self._prune_attempts(name, now)
-        attempts = self._login_attempts.setdefault(username, deque())
+        table = self._login_attempts
+        while table:
+            oldest = next(iter(table))
+            if table[oldest] and table[oldest][-1] > now - LOGIN_WINDOW:
+                break
+            del table[oldest]
+        attempts = table.pop(username, None) or deque()
+        while attempts and attempts[0] <= now - LOGIN_WINDOW:
+            attempts.popleft()
+        table[username] = attempts
         if len(attempts) >= self.limits.login_attempts_per_minute:
             raise ChatError(
                 errors.RATE_LIMITED,
                 "too many failed logins for %r; wait a minute" % (username,),
             )
+        if len(table) > LOGIN_TABLE_LIMIT:
+            del table[next(iter(table))]
         attempts.append(now)
         return now
-
-    def _prune_attempts(self, username: str, now: float) -> None:
-        attempts = self._login_attempts.get(username)
-        if attempts is None:
-            return
-        while attempts and attempts[0] <= now - LOGIN_WINDOW:
-            attempts.popleft()
-        if not attempts:
-            del self._login_attempts[username]
 
     def _forget_login_attempt(self, username: str, attempt: float) -> None:
         """
@@ -301,6 +308,8 @@ class ChatHandler:
         attempts = self._login_attempts.get(username)
         if attempts is not None and attempt in attempts:
             attempts.remove(attempt)
+            if not attempts:
+                del self._login_attempts[username]
 
     async def _hash_work(self, connection: Connection, work) -> object:
         """
@@ -334,7 +343,7 @@ class ChatHandler:
         self._set_session(connection, Session(account.uid, account.username, hashed))
         return {"username": account.username, "unread": len(account.unread)}
 
-    def op_logout(self, connection: Connection, request: Request) -> dict:
+    def op_logout(self, connection: Connection, request: Request) -> Deferred:
         session = connection.session
         if session.uid is None:
             raise ChatError(errors.NOT_LOGGED_IN, "not logged in")
@@ -350,7 +359,7 @@ class ChatHandler:
 
     def op_send(
         self, connection: Connection, request: Request, to: str, text: str
-    ) -> dict:
+    ) -> Deferred:
         account = self._session_account(connection)
         recipient = self.node.state.account_named(to)
         if recipient is None and not self._is_retry(request):
@@ -364,7 +373,7 @@ class ChatHandler:
     def _is_retry(self, request: Request) -> bool:
         return request.rid is not None and self.node.state.remembered(request.rid)
 
-    def op_read(self, connection: Connection, request: Request, limit: int) -> dict:
+    def op_read(self, connection: Connection, request: Request, limit: int) -> Deferred:
         account = self._session_account(connection)
         return self._commit(request, {"op": "read", "who": account.uid, "limit": limit})
 
@@ -384,7 +393,7 @@ class ChatHandler:
 
     def op_delete_messages(
         self, connection: Connection, request: Request, ids: list[int]
-    ) -> dict:
+    ) -> Deferred:
         account = self._session_account(connection)
         return self._commit(
             request, {"op": "delete_messages", "who": account.uid, "ids": ids}

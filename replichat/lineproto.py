@@ -38,12 +38,8 @@ from zope.interface import implementer
 from replichat import errors
 from replichat.errors import ChatError
 from replichat.handler import Session
+from replichat.jsonwire import COMPACT
 from replichat.requests import parse_request
-
-
-#: Made once: C{json.dumps} and C{json.loads} with options build a new
-#: encoder or decoder per call, which costs as much as the encoding itself.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _reject_constant(name: str) -> object:
@@ -57,6 +53,7 @@ def _finite_float(text: str) -> float:
     return value
 
 
+#: Strict: a client may not send what could not be stored or echoed back.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
@@ -64,7 +61,7 @@ def encode_line(obj: dict) -> bytes:
     """
     One protocol line for C{obj}: strict JSON (no NaN), valid UTF-8.
     """
-    return _ENCODER.encode(obj).encode("utf-8") + b"\n"
+    return COMPACT.encode(obj).encode("utf-8") + b"\n"
 
 
 def decode_line(line: bytes) -> object:
@@ -88,7 +85,7 @@ def decode_line(line: bytes) -> object:
     if b"\\u" in line:
         # Only a \u escape can smuggle in a surrogate; check those lines.
         try:
-            _ENCODER.encode(obj).encode("utf-8")
+            COMPACT.encode(obj).encode("utf-8")
         except UnicodeEncodeError:
             raise ChatError(errors.BAD_REQUEST, "a string holds an unpaired surrogate")
     return obj

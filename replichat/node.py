@@ -17,7 +17,6 @@ fsynced it too) without changing its shape.
 from __future__ import annotations
 
 import gc
-import json
 import time
 from typing import Callable
 
@@ -28,6 +27,7 @@ from twisted.logger import Logger
 from replichat import errors
 from replichat.entries import CorruptSnapshot, Entry, Snapshot
 from replichat.errors import ChatError
+from replichat.jsonwire import COMPACT, DECODER
 from replichat.state import ChatState, Outcome
 
 #: How much entry data one read of the log returns while replaying.
@@ -44,24 +44,18 @@ class RecoveryError(Exception):
     """
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
 def encode_command(command: dict) -> bytes:
     """
     The log entry data for a command.
     """
-    return _ENCODER.encode(command).encode("utf-8")
-
-
-_DECODER = json.JSONDecoder()
+    return COMPACT.encode(command).encode("utf-8")
 
 
 def decode_command(data: bytes) -> dict:
     """
     The command of a log entry.
     """
-    return _DECODER.decode(data.decode("utf-8"))
+    return DECODER.decode(data.decode("utf-8"))
 
 
 class InlineSnapshotWriter:
@@ -191,7 +185,7 @@ class Node:
                 continue
             try:
                 state = ChatState.from_snapshot(snapshot.data)
-            except (ValueError, KeyError, TypeError) as error:
+            except Exception as error:
                 # Intact on disk (its checksum matched) but unreadable here:
                 # a newer format, or a bug.  Never guess; stop.
                 raise RecoveryError(

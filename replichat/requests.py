@@ -15,13 +15,13 @@ mutating ones use it to be applied once however often they are retried.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any, Callable
 
 from attrs import frozen
 
 from replichat import errors
 from replichat.errors import ChatError
+from replichat.jsonwire import CANONICAL
 
 MAX_RID_CHARS = 128
 MAX_USERNAME_CHARS = 64
@@ -29,8 +29,6 @@ MAX_PASSWORD_CHARS = 1024
 MAX_PATTERN_CHARS = 256
 MAX_PAGE = 1000
 MAX_IDS = 1000
-
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 #: Ops that change the replicated state; only the leader takes them.
 MUTATING = frozenset(
@@ -64,7 +62,7 @@ class Request:
         its rid so that a rid reused for a different request is noticed.
         """
         public = {k: v for k, v in self.args.items() if k != "password"}
-        text = _CANONICAL.encode([self.op, public])
+        text = CANONICAL.encode([self.op, public])
         return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
 

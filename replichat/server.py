@@ -67,9 +67,10 @@ class ForkingSnapshotWriter:
         self.clock = clock
 
     def write(self, state, index: int, epoch: int) -> Deferred:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # pragma: no cover (runs in the child)
-            self._child(state, index, epoch)
+            self._child(state, index, epoch, parent)
         started = self.clock.seconds()
         d: Deferred = Deferred()
 
@@ -94,13 +95,15 @@ class ForkingSnapshotWriter:
         loop.start(SNAPSHOT_POLL_INTERVAL, now=False)
         return d
 
-    def _child(self, state, index: int, epoch: int) -> None:  # pragma: no cover
+    def _child(self, state, index: int, epoch: int, parent: int) -> None:  # pragma: no cover
         code = 1
         try:
             # Die with the parent, and let go of its descriptors (sockets,
             # the log, the data-dir lock's open file): a restarted server
             # must not find its port or its lock held by an orphan.
             _die_with_parent()
+            if os.getppid() != parent:
+                return  # the parent died before we asked to die with it
             os.closerange(3, _max_fd())
             self.store.save(Snapshot(index, epoch, state.to_snapshot()))
             code = 0

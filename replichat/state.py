@@ -231,7 +231,7 @@ class ChatState:
             recipient.uid,
             recipient.username,
             command["text"],
-            command["ts"],
+            float(command["ts"]),  # snapshots store times as doubles
         )
         self.next_message_id += 1
         self.messages[message.id] = message

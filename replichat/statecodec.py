@@ -30,7 +30,10 @@ import struct
 import sys
 from array import array
 from itertools import accumulate
+from operator import attrgetter
 from typing import TYPE_CHECKING
+
+from replichat.jsonwire import CANONICAL
 
 if TYPE_CHECKING:  # pragma: no cover
     from replichat.state import ChatState
@@ -38,8 +41,21 @@ if TYPE_CHECKING:  # pragma: no cover
 MAGIC = b"RCSTATE2"
 _NAME = struct.Struct("<I")
 _LENGTH = struct.Struct("<Q")
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 _SWAP = sys.byteorder != "little"
+
+#: The numeric message columns: section name, array type code, and the
+#: L{Message} field it holds (names are stored as references into the
+#: C{names} table of the C{meta} section).
+_COLUMNS = (
+    ("m.id", "q", "id"),
+    ("m.from_uid", "q", "from_uid"),
+    ("m.from_name", "q", "from_name"),
+    ("m.to_uid", "q", "to_uid"),
+    ("m.to_name", "q", "to_name"),
+    ("m.sent_at", "d", "sent_at"),
+    ("m.text_len", "q", "text"),
+)
+_MAILBOXES = ("inbox", "unread", "sent")
 
 
 def _packed(typecode: str, values) -> bytes:
@@ -49,7 +65,7 @@ def _packed(typecode: str, values) -> bytes:
     return packed.tobytes()
 
 
-def _unpacked(typecode: str, data: bytes) -> array:
+def _unpacked(typecode: str, data: memoryview) -> array:
     values = array(typecode)
     values.frombytes(data)
     if _SWAP:  # pragma: no cover
@@ -57,46 +73,45 @@ def _unpacked(typecode: str, data: bytes) -> array:
     return values
 
 
+def _json(value: object) -> bytes:
+    return CANONICAL.encode(value).encode("utf-8")
+
+
 def encode_state(state: ChatState) -> bytes:
     """
     The snapshot bytes of C{state}.
     """
-    sections: list[tuple[str, bytes]] = []
-    accounts = []
-    for uid in sorted(state.accounts):
-        account = state.accounts[uid]
-        accounts.append([uid, account.username, account.password, account.created_at,
-                         [[token, ts] for token, ts in account.sessions.items()]])
-        sections.append(("a.%d.inbox" % uid, _packed("q", account.inbox)))
-        sections.append(("a.%d.unread" % uid, _packed("q", account.unread)))
-        sections.append(("a.%d.sent" % uid, _packed("q", account.sent)))
     ordered = [state.messages[i] for i in sorted(state.messages)]
     names: dict[str, int] = {}
     for message in ordered:
         names.setdefault(message.from_name, len(names))
         names.setdefault(message.to_name, len(names))
-    ids, from_uids, from_names, to_uids, to_names, texts, sent_ats = (
-        zip(*ordered) if ordered else ((),) * 7
-    )
     meta = {
         "applied_index": state.applied_index,
         "next_uid": state.next_uid,
         "next_message_id": state.next_message_id,
         "names": list(names),
     }
-    sections[:0] = [
-        ("meta", _JSON.encode(meta).encode("utf-8")),
-        ("accounts", _JSON.encode(accounts).encode("utf-8")),
-        ("rids", _JSON.encode([[rid, *kept] for rid, kept in state.rids.items()]).encode()),
-        ("m.id", _packed("q", ids)),
-        ("m.from_uid", _packed("q", from_uids)),
-        ("m.from_name", _packed("q", map(names.__getitem__, from_names))),
-        ("m.to_uid", _packed("q", to_uids)),
-        ("m.to_name", _packed("q", map(names.__getitem__, to_names))),
-        ("m.sent_at", _packed("d", sent_ats)),
-        ("m.text_len", _packed("q", map(len, texts))),
-        ("m.text", "".join(texts).encode("utf-8")),
+    accounts = [state.accounts[uid] for uid in sorted(state.accounts)]
+    rids = [[rid, *kept] for rid, kept in state.rids.items()]
+    sections = [
+        ("meta", _json(meta)),
+        ("accounts", _json([[a.uid, a.username, a.password, a.created_at,
+                             [[token, ts] for token, ts in a.sessions.items()]]
+                            for a in accounts])),
+        ("rids", _json(rids)),
     ]
+    as_stored = {"from_name": names.__getitem__, "to_name": names.__getitem__, "text": len}
+    for name, typecode, field in _COLUMNS:
+        values = map(attrgetter(field), ordered)
+        if field in as_stored:
+            values = map(as_stored[field], values)
+        sections.append((name, _packed(typecode, values)))
+    sections.append(("m.text", "".join(m.text for m in ordered).encode("utf-8")))
+    for account in accounts:
+        for mailbox in _MAILBOXES:
+            ids = getattr(account, mailbox)
+            sections.append(("a.%d.%s" % (account.uid, mailbox), _packed("q", ids)))
     out = [MAGIC]
     for name, data in sections:
         encoded = name.encode("ascii")
@@ -119,6 +134,8 @@ def _sections(data: bytes) -> dict[str, memoryview]:
         pos += _LENGTH.size
         if pos + length > len(view):
             raise ValueError("section %r runs past the end" % (name,))
+        if name in sections:
+            raise ValueError("section %r appears twice" % (name,))
         sections[name] = view[pos : pos + length]
         pos += length
     return sections
@@ -128,7 +145,9 @@ def decode_state(data: bytes, state_class: type) -> ChatState:
     """
     Rebuild a state from L{encode_state}'s bytes.
 
-    @raise ValueError: if the bytes are not such a snapshot.
+    @raise ValueError: if the bytes are not such a snapshot, or are
+        inconsistent (columns of different lengths, texts that do not add
+        up).
     """
     from replichat.state import Account, Message
 
@@ -139,28 +158,24 @@ def decode_state(data: bytes, state_class: type) -> ChatState:
     state.next_uid = meta["next_uid"]
     state.next_message_id = meta["next_message_id"]
     names = meta["names"]
-    column = lambda name, code="q": _unpacked(code, sections[name])
-    lengths = column("m.text_len")
+    columns = {field: _unpacked(code, sections[name]) for name, code, field in _COLUMNS}
+    if len({len(column) for column in columns.values()}) > 1:
+        raise ValueError("message columns differ in length")
     text = bytes(sections["m.text"]).decode("utf-8")
-    ends = list(accumulate(lengths))
-    texts = map(text.__getitem__, map(slice, [0, *ends], ends))
-    ids = column("m.id")
-    rows = zip(
-        ids,
-        column("m.from_uid"),
-        map(names.__getitem__, column("m.from_name")),
-        column("m.to_uid"),
-        map(names.__getitem__, column("m.to_name")),
-        texts,
-        column("m.sent_at", "d"),
-    )
-    # _make builds each tuple in C; calling Message() runs Python code.
-    state.messages = dict(zip(ids, map(Message._make, rows)))
+    ends = list(accumulate(columns["text"]))
+    if (ends[-1] if ends else 0) != len(text):
+        raise ValueError("message texts do not add up to the text section")
+    columns["text"] = map(text.__getitem__, map(slice, [0, *ends], ends))
+    for field in ("from_name", "to_name"):
+        columns[field] = map(names.__getitem__, columns[field])
+    rows = zip(*(columns[field] for field in Message._fields))
+    # _make builds each tuple without running Message's Python constructor.
+    state.messages = dict(zip(columns["id"], map(Message._make, rows)))
     for uid, username, password, created, sessions in json.loads(bytes(sections["accounts"])):
         account = Account(uid, username, password, created)
-        account.inbox = dict.fromkeys(column("a.%d.inbox" % uid))
-        account.unread = dict.fromkeys(column("a.%d.unread" % uid))
-        account.sent = dict.fromkeys(column("a.%d.sent" % uid))
+        for mailbox in _MAILBOXES:
+            ids = _unpacked("q", sections["a.%d.%s" % (uid, mailbox)])
+            setattr(account, mailbox, dict.fromkeys(ids))
         account.sessions = {token: ts for token, ts in sessions}
         state.accounts[uid] = account
         state.uids_by_name[username] = uid

@@ -343,6 +343,24 @@ class OpsTests(SynchronousTestCase):
         answers = [line["error"]["code"] for wire in wires for line in wire.lines()]
         self.assertEqual(answers, ["bad_credentials"] * limit)
 
+    def test_login_table_bounded(self) -> None:
+        """
+        The table of recent login attempts forgets expired names and never
+        holds more than its limit, however many names are tried.
+        """
+        from replichat import handler as handler_module
+        self.patch(handler_module, "LOGIN_TABLE_LIMIT", 50)
+        wire = self.server.connect()
+        for i in range(200):
+            self.assertEqual(wire.error("login", username="n%d" % i, password="x"),
+                             "bad_credentials")
+        table = self.server.handler._login_attempts
+        self.assertLessEqual(len(table), 51)
+        self.assertIn("n199", table)
+        self.server.clock.advance(61)
+        wire.error("login", username="fresh", password="x")
+        self.assertEqual(list(table), ["fresh"])
+
     def test_login_rate_limited(self) -> None:
         """
         After too many failed logins for a name, even the right password is
