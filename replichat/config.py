@@ -367,10 +367,13 @@ class _Checker:
                 used.setdefault(endpoint, path)
         return nodes
 
-    def data_dir(self, value, nodes):
+    def data_dir(self, value):
         """
-        Check C{data_dir}: a path whose only placeholder is C{{node}}, which
-        it needs when nodes share a host (or they would share a directory).
+        Check C{data_dir}: a path whose only placeholder is C{{node}}.
+
+        Nodes on one host without C{{node}} are allowed: each may be given
+        its own C{--data-dir}, and a server refuses a directory another
+        server holds (its lock), so they can never share one.
         """
         if self.value(_path, value, "data_dir") is None:
             return
@@ -378,11 +381,6 @@ class _Checker:
             if placeholder != "{node}":
                 only = "only {node} is replaced"
                 self.error("data_dir", f"unknown placeholder {placeholder} ({only})")
-        hosts = [node.host.lower() for node in nodes.values()]
-        shared = sorted({host for host in hosts if hosts.count(host) > 1})
-        if shared and "{node}" not in value:
-            problem = f"nodes on {shared[0]} would share {value!r}"
-            self.error("data_dir", f"must contain {{node}}: {problem}")
 
 
 def parse_config(data, source="<config>"):
@@ -411,7 +409,7 @@ def parse_config(data, source="<config>"):
     if "data_dir" not in data:
         check.error("data_dir", "required")
     else:
-        check.data_dir(data["data_dir"], nodes)
+        check.data_dir(data["data_dir"])
     sections = {}
     for name, (cls, rules) in _SECTIONS.items():
         value = {} if data.get(name) is None else data[name]

@@ -527,17 +527,15 @@ class DataDirTests(_ConfigTestCase):
             "unknown placeholder {id} (only {node} is replaced)",
         )
 
-    def test_sharedHostNeedsNode(self):
+    def test_sharedHostWithoutNode(self):
         """
-        When two nodes share a host, C{data_dir} must contain C{{node}}.
+        Nodes on one host may share a C{data_dir} without C{{node}}: each
+        is then started with its own C{--data-dir} (the data-dir lock keeps
+        two servers from ever sharing one directory).
         """
         data = self.withDataDir("/srv/chat")
         data["nodes"][2].update(host="10.0.0.1", client_port=7002, peer_port=7102)
-        self.assertError(
-            data,
-            "data_dir",
-            "must contain {node}: nodes on 10.0.0.1 would share '/srv/chat'",
-        )
+        self.assertEqual(parse_config(data).data_dir_for(2), "/srv/chat")
 
     def test_separateHostsWithoutNode(self):
         """
