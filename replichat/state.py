@@ -50,6 +50,12 @@ class Message(NamedTuple):
     """
     One message, immutable once sent.  Names are kept as they were when it
     was sent, so history still reads right after an account is deleted.
+
+    The state stores each message as a plain tuple of these fields (see
+    L{ChatState.message} for this named view): CPython's cyclic collector
+    stops tracking plain tuples of strings and numbers, but never a
+    namedtuple, so with millions of messages every full collection would
+    otherwise walk them all and pause the server for longer and longer.
     """
 
     id: int
@@ -134,7 +140,7 @@ class ChatState:
         self.next_uid = 1
         self.next_message_id = 1
         self.accounts: dict[int, Account] = {}
-        self.messages: dict[int, Message] = {}
+        self.messages: dict[int, tuple] = {}  # id -> the fields of a Message
         self.uids_by_name: dict[str, int] = {}
         self.sorted_names: list[str] = []
         self.sessions: dict[str, int] = {}
@@ -224,8 +230,10 @@ class ChatState:
         recipient = self.accounts.get(command["to"])
         if recipient is None:
             raise ChatError(errors.NO_SUCH_USER, "the recipient no longer exists")
-        message = Message(
-            self.next_message_id,
+        message_id = self.next_message_id
+        self.next_message_id += 1
+        fields = (
+            message_id,
             sender.uid,
             sender.username,
             recipient.uid,
@@ -233,12 +241,11 @@ class ChatState:
             command["text"],
             float(command["ts"]),  # snapshots store times as doubles
         )
-        self.next_message_id += 1
-        self.messages[message.id] = message
-        recipient.inbox[message.id] = None
-        recipient.unread[message.id] = None
-        sender.sent[message.id] = None
-        wire = message.to_wire()
+        self.messages[message_id] = fields
+        recipient.inbox[message_id] = None
+        recipient.unread[message_id] = None
+        sender.sent[message_id] = None
+        wire = Message._make(fields).to_wire()
         return _ok({"message": wire}, pushes=((recipient.uid, wire),))
 
     def _apply_read(self, command: dict) -> Outcome:
@@ -248,7 +255,7 @@ class ChatState:
             del account.unread[message_id]
         return _ok(
             {
-                "messages": [self.messages[i].to_wire() for i in taken],
+                "messages": [self.message(i).to_wire() for i in taken],
                 "remaining": len(account.unread),
             }
         )
@@ -276,7 +283,7 @@ class ChatState:
         """
         Drop a message that neither its recipient nor its sender still has.
         """
-        message = self.messages[message_id]
+        message = self.message(message_id)
         recipient = self.accounts.get(message.to_uid)
         sender = self.accounts.get(message.from_uid)
         if (recipient is None or message_id not in recipient.inbox) and (
@@ -303,6 +310,14 @@ class ChatState:
         return account
 
     # -- queries (any replica, no change) -------------------------------------
+
+    def message(self, message_id: int) -> Message:
+        """
+        The stored message with this id.
+
+        @raise KeyError: if there is none.
+        """
+        return Message._make(self.messages[message_id])
 
     def account_named(self, username: str) -> Account | None:
         """
@@ -369,7 +384,7 @@ class ChatState:
             last_id = message_id
             if before is not None and message_id >= before:
                 continue
-            message = self.messages[message_id]
+            message = self.message(message_id)
             if with_uid is not None and with_uid not in (message.from_uid, message.to_uid):
                 continue
             page.append(message.to_wire())
@@ -405,4 +420,4 @@ class ChatState:
         """
         Every stored message once, in id order (for checkers and tools).
         """
-        return (self.messages[i] for i in sorted(self.messages))
+        return (self.message(i) for i in sorted(self.messages))

@@ -30,7 +30,7 @@ import struct
 import sys
 from array import array
 from itertools import accumulate
-from operator import attrgetter
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from replichat.jsonwire import CANONICAL
@@ -57,6 +57,10 @@ _COLUMNS = (
 )
 _MAILBOXES = ("inbox", "unread", "sent")
 
+#: The fields of a stored message tuple, in order (L{replichat.state.Message}).
+_FIELDS = ("id", "from_uid", "from_name", "to_uid", "to_name", "text", "sent_at")
+_FIELD = {name: position for position, name in enumerate(_FIELDS)}
+
 
 def _packed(typecode: str, values) -> bytes:
     packed = array(typecode, values)
@@ -81,11 +85,12 @@ def encode_state(state: ChatState) -> bytes:
     """
     The snapshot bytes of C{state}.
     """
-    ordered = [state.messages[i] for i in sorted(state.messages)]
+    ordered = [state.messages[i] for i in sorted(state.messages)]  # field tuples
     names: dict[str, int] = {}
+    from_name, to_name = _FIELD["from_name"], _FIELD["to_name"]
     for message in ordered:
-        names.setdefault(message.from_name, len(names))
-        names.setdefault(message.to_name, len(names))
+        names.setdefault(message[from_name], len(names))
+        names.setdefault(message[to_name], len(names))
     meta = {
         "applied_index": state.applied_index,
         "next_uid": state.next_uid,
@@ -103,11 +108,12 @@ def encode_state(state: ChatState) -> bytes:
     ]
     as_stored = {"from_name": names.__getitem__, "to_name": names.__getitem__, "text": len}
     for name, typecode, field in _COLUMNS:
-        values = map(attrgetter(field), ordered)
+        values = map(itemgetter(_FIELD[field]), ordered)
         if field in as_stored:
             values = map(as_stored[field], values)
         sections.append((name, _packed(typecode, values)))
-    sections.append(("m.text", "".join(m.text for m in ordered).encode("utf-8")))
+    text = _FIELD["text"]
+    sections.append(("m.text", "".join(m[text] for m in ordered).encode("utf-8")))
     for account in accounts:
         for mailbox in _MAILBOXES:
             ids = getattr(account, mailbox)
@@ -149,7 +155,7 @@ def decode_state(data: bytes, state_class: type) -> ChatState:
         inconsistent (columns of different lengths, texts that do not add
         up).
     """
-    from replichat.state import Account, Message
+    from replichat.state import Account
 
     sections = _sections(data)
     meta = json.loads(bytes(sections["meta"]))
@@ -168,9 +174,8 @@ def decode_state(data: bytes, state_class: type) -> ChatState:
     columns["text"] = map(text.__getitem__, map(slice, [0, *ends], ends))
     for field in ("from_name", "to_name"):
         columns[field] = map(names.__getitem__, columns[field])
-    rows = zip(*(columns[field] for field in Message._fields))
-    # _make builds each tuple without running Message's Python constructor.
-    state.messages = dict(zip(columns["id"], map(Message._make, rows)))
+    rows = zip(*(columns[field] for field in _FIELDS))
+    state.messages = dict(zip(columns["id"], rows))
     for uid, username, password, created, sessions in json.loads(bytes(sections["accounts"])):
         account = Account(uid, username, password, created)
         for mailbox in _MAILBOXES:

@@ -122,7 +122,7 @@ class ClientServerTests(TestCase):
         result = await alice.send("bob", "lose-reply once")
         self.assertTrue(stack.factory.lost)
         bob = stack.node.state.account_named("bob")
-        texts = [stack.node.state.messages[i].text for i in bob.inbox]
+        texts = [stack.node.state.message(i).text for i in bob.inbox]
         self.assertEqual(texts, ["lose-reply once"])
         self.assertEqual(result["message"]["id"], next(iter(bob.inbox)))
         # The session survived the reconnect (resumed by token).

@@ -127,7 +127,7 @@ class AccountTests(SynchronousTestCase):
         self.assertIsNone(d.state.session("ta"))
         self.assertEqual(d.state.list_accounts("*", 0, 10), {"accounts": ["bob"], "total": 1})
         bob = d.state.account_named("bob")
-        self.assertEqual([d.state.messages[i].text for i in bob.inbox], ["from alice"])
+        self.assertEqual([d.state.message(i).text for i in bob.inbox], ["from alice"])
         d.create("alice")
         self.assertEqual(d.uid("alice"), 3)
         self.assertEqual(d.state.account_named("alice").inbox, {})
