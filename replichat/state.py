@@ -230,10 +230,8 @@ class ChatState:
         recipient = self.accounts.get(command["to"])
         if recipient is None:
             raise ChatError(errors.NO_SUCH_USER, "the recipient no longer exists")
-        message_id = self.next_message_id
-        self.next_message_id += 1
-        fields = (
-            message_id,
+        message = Message(
+            self.next_message_id,
             sender.uid,
             sender.username,
             recipient.uid,
@@ -241,11 +239,12 @@ class ChatState:
             command["text"],
             float(command["ts"]),  # snapshots store times as doubles
         )
-        self.messages[message_id] = fields
-        recipient.inbox[message_id] = None
-        recipient.unread[message_id] = None
-        sender.sent[message_id] = None
-        wire = Message._make(fields).to_wire()
+        self.next_message_id += 1
+        self.messages[message.id] = tuple(message)
+        recipient.inbox[message.id] = None
+        recipient.unread[message.id] = None
+        sender.sent[message.id] = None
+        wire = message.to_wire()
         return _ok({"message": wire}, pushes=((recipient.uid, wire),))
 
     def _apply_read(self, command: dict) -> Outcome:
