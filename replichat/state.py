@@ -34,6 +34,7 @@ from attrs import define, field, frozen
 
 from replichat import errors
 from replichat.errors import ChatError
+from replichat.jsonwire import COMPACT, DECODER
 from replichat.statecodec import decode_state, encode_state
 
 
@@ -122,6 +123,18 @@ def _ok(result: dict, pushes: tuple = ()) -> Outcome:
     return Outcome(result=result, pushes=pushes)
 
 
+def _first_outcome(remembered: tuple) -> Outcome:
+    """
+    The outcome a remembered request id answers with.
+    """
+    _, _, result, error = remembered
+    return Outcome(
+        result=None if result is None else DECODER.decode(result),
+        error=None if error is None else ChatError(*error),
+        duplicate=True,
+    )
+
+
 def _glob_prefix(pattern: str) -> str:
     """
     The literal text before the first wildcard, to narrow a sorted scan.
@@ -175,7 +188,7 @@ class ChatState:
         return outcome
 
     def _repeat(self, command: dict, remembered: tuple) -> Outcome:
-        who, fingerprint, result, error = remembered
+        who, fingerprint = remembered[:2]
         if (who, fingerprint) != (command.get("who"), command.get("fp")):
             return Outcome(
                 error=ChatError(
@@ -184,13 +197,17 @@ class ChatState:
                     % (command["rid"],),
                 )
             )
-        error = None if error is None else ChatError(*error)
-        return Outcome(result=result, error=error, duplicate=True)
+        return _first_outcome(remembered)
 
     def _remember(self, rid: str, command: dict, outcome: Outcome) -> None:
+        # The result is kept encoded: a tuple of strings and numbers is
+        # invisible to the cyclic garbage collector, a dict of dicts is not,
+        # and up to RID_CAPACITY of them would be rescanned at every full
+        # collection.
         error = outcome.error
+        result = None if outcome.result is None else COMPACT.encode(outcome.result)
         wire_error = None if error is None else (error.code, error.message)
-        self.rids[rid] = (command.get("who"), command.get("fp"), outcome.result, wire_error)
+        self.rids[rid] = (command.get("who"), command.get("fp"), result, wire_error)
         while len(self.rids) > RID_CAPACITY:
             self.rids.popitem(last=False)
 
@@ -346,9 +363,7 @@ class ChatState:
         remembered = self.rids.get(rid)
         if remembered is None or remembered[1] != fingerprint:
             return None
-        result, error = remembered[2], remembered[3]
-        error = None if error is None else ChatError(*error)
-        return Outcome(result=result, error=error, duplicate=True)
+        return _first_outcome(remembered)
 
     def list_accounts(self, pattern: str, offset: int, limit: int) -> dict:
         """
