@@ -6,6 +6,7 @@ request id, and snapshots that rebuild exactly the replayed state.
 
 from __future__ import annotations
 
+import gc
 import random
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -258,6 +259,26 @@ class MessageTests(SynchronousTestCase):
         self.assertIn(between, self.d.state.account_named("bob").inbox)
         outcome = self.d.apply({"op": "delete_messages", "who": carol, "ids": [999]})
         self.assertEqual(outcome.error.code, errors.NOT_FOUND)
+
+
+class GarbageCollectorTests(SynchronousTestCase):
+    """
+    The bulk of the state is invisible to the cyclic garbage collector, so
+    its full collections do not slow down as messages accumulate.
+    """
+
+    def test_untracked(self) -> None:
+        """
+        After a collection, stored messages and remembered rids are no
+        longer tracked.
+        """
+        d = Driver()
+        d.create("alice")
+        d.create("bob")
+        first = d.send("alice", "bob", "hello", rid="r1").result["message"]["id"]
+        gc.collect()
+        self.assertFalse(gc.is_tracked(d.state.messages[first]))
+        self.assertFalse(gc.is_tracked(d.state.rids["r1"]))
 
 
 class ListTests(SynchronousTestCase):
