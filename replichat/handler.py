@@ -130,12 +130,6 @@ class ChatHandler:
                 continue
             connection.push_message(message)
 
-    def online_count(self, uid: int) -> int:
-        """
-        How many connections are logged in as C{uid}.
-        """
-        return len(self._online.get(uid, ()))
-
     # -- dispatch ------------------------------------------------------------
 
     def handle(self, connection: Connection, request: Request) -> dict | Deferred:
@@ -232,7 +226,7 @@ class ChatHandler:
         self, connection: Connection, request: Request, username: str, password: str
     ) -> dict:
         state = self.node.state
-        if request.rid is None or not state.remembered(request.rid):
+        if not self._is_retry(request):
             # Fail fast on a taken name: hashing costs tens of milliseconds.
             # A retried rid skips this so it gets its first answer.
             if state.account_named(username) is not None:

@@ -81,6 +81,16 @@ from replichat.segment import (
 
 __all__ = ["LogCorruption", "LogFailed", "SegmentedLog", "check_continues"]
 
+_TORN_TAIL_CUT = (
+    "cut {cut} bytes of torn tail at offset {offset} of {path} "
+    "(entry {index} onwards): {problem}"
+)
+_CORRUPT_TAIL_CUT = (
+    "cut {cut} bytes of corrupt tail at offset {offset} of {path} "
+    "(entry {index} onwards), as asked (--cut-corrupt-tail): {problem}; "
+    "entry {index} may have been acknowledged, and is lost here"
+)
+
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
 _RESET_NAME = re.compile(r"^(\d{20})\.reset$")
 
@@ -226,29 +236,16 @@ class SegmentedLog:
                 raise LogCorruption(path, bad, expected, problem)
             if valid_record_after(buf, bad, expected) is not None:
                 raise LogCorruption(path, bad, expected, problem + ", followed by valid records")
-            if torn:
-                self.log.warn(
-                    "cut {cut} bytes of torn tail at offset {offset} of {path} "
-                    "(entry {index} onwards): {problem}",
-                    cut=len(buf) - bad,
-                    offset=bad,
-                    path=path,
-                    index=expected,
-                    problem=problem,
-                )
-            elif self.cut_corrupt_tail:
-                self.log.warn(
-                    "cut {cut} bytes of corrupt tail at offset {offset} of {path} "
-                    "(entry {index} onwards), as asked (--cut-corrupt-tail): {problem}; "
-                    "entry {index} may have been acknowledged, and is lost here",
-                    cut=len(buf) - bad,
-                    offset=bad,
-                    path=path,
-                    index=expected,
-                    problem=problem,
-                )
-            else:
+            if not (torn or self.cut_corrupt_tail):
                 raise LogCorruption(path, bad, expected, problem, tail=True)
+            self.log.warn(
+                _TORN_TAIL_CUT if torn else _CORRUPT_TAIL_CUT,
+                cut=len(buf) - bad,
+                offset=bad,
+                path=path,
+                index=expected,
+                problem=problem,
+            )
             segment.size = bad
             os.truncate(path, bad)
         self._append_segment(segment)

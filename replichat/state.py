@@ -28,7 +28,7 @@ import heapq
 import re
 from collections import OrderedDict
 from itertools import islice
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 from attrs import define, field, frozen
 
@@ -429,9 +429,3 @@ class ChatState:
         A hash of the whole state, to compare replicas.
         """
         return hashlib.sha256(self.to_snapshot()).hexdigest()
-
-    def iter_messages(self) -> Iterator[Message]:
-        """
-        Every stored message once, in id order (for checkers and tools).
-        """
-        return (self.message(i) for i in sorted(self.messages))
