@@ -153,21 +153,22 @@ class ChatHandler:
 
     def _require_leader(self) -> None:
         node = self.node
-        if node.role == "leader":
+        if node.serving:
             return
         leader = self._leader()
-        if leader is None:
-            raise ChatError(errors.UNAVAILABLE, "no leader is known yet; retry shortly")
+        if leader is None or leader["id"] == node.node_id:
+            # No leader, or this one has not committed its marker yet.
+            raise ChatError(errors.UNAVAILABLE, "no leader is ready yet; retry shortly")
         raise ChatError(
             errors.NOT_LEADER, "node %d is the leader" % (leader["id"],), leader=leader
         )
 
     def _leader(self) -> dict | None:
-        leader_id = self.node.node_id if self.node.role == "leader" else None
-        if leader_id is None:
+        known = self.node.leader_member()
+        if known is None:
             return None
-        address = self.cluster.node(leader_id)
-        return {"id": leader_id, "host": address.host, "port": address.client_port}
+        leader_id, member = known
+        return {"id": leader_id, "host": member.host, "port": member.client_port}
 
     def _session_account(self, connection: Connection) -> Any:
         session = connection.session
@@ -205,22 +206,13 @@ class ChatHandler:
         }
 
     def op_cluster(self, connection: Connection, request: Request) -> dict:
-        node = self.node
-        nodes = []
-        for address in self.cluster.nodes.values():
-            me = address.id == node.node_id
-            nodes.append(
-                {
-                    "id": address.id,
-                    "host": address.host,
-                    "client_port": address.client_port,
-                    "role": node.role if me else "unknown",
-                    "live": me,
-                    "last_index": node.last_index if me else None,
-                    "commit_index": node.commit_index if me else None,
-                }
-            )
-        return {"leader": self._leader(), "epoch": node.epoch, "nodes": nodes}
+        status = self.node.status()
+        nodes = [
+            {key: row[key] for key in
+             ("id", "host", "client_port", "role", "live", "last_index", "commit_index")}
+            for row in status["nodes"]
+        ]
+        return {"leader": self._leader(), "epoch": status["epoch"], "nodes": nodes}
 
     async def op_create_account(
         self, connection: Connection, request: Request, username: str, password: str

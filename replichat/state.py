@@ -158,6 +158,9 @@ class ChatState:
         self.sorted_names: list[str] = []
         self.sessions: dict[str, int] = {}
         self.rids: OrderedDict[str, tuple] = OrderedDict()
+        # The newest committed cluster configuration (the JSON form of
+        # replichat.membership.ClusterConfig), None before the first.
+        self.cluster: dict | None = None
 
     # -- applying entries ---------------------------------------------------
 
@@ -212,6 +215,12 @@ class ChatState:
             self.rids.popitem(last=False)
 
     def _apply_noop(self, command: dict) -> Outcome:
+        return _ok({})
+
+    def _apply_config(self, command: dict) -> Outcome:
+        # Membership is the replication layer's business; the state only
+        # keeps the newest configuration so that snapshots carry it.
+        self.cluster = command["cluster"]
         return _ok({})
 
     def _apply_create_account(self, command: dict) -> Outcome:

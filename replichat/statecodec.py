@@ -96,6 +96,7 @@ def encode_state(state: ChatState) -> bytes:
         "next_uid": state.next_uid,
         "next_message_id": state.next_message_id,
         "names": list(names),
+        "cluster": state.cluster,
     }
     accounts = [state.accounts[uid] for uid in sorted(state.accounts)]
     rids = [[rid, *kept] for rid, kept in state.rids.items()]
@@ -163,6 +164,7 @@ def decode_state(data: bytes, state_class: type) -> ChatState:
     state.applied_index = meta["applied_index"]
     state.next_uid = meta["next_uid"]
     state.next_message_id = meta["next_message_id"]
+    state.cluster = meta.get("cluster")
     names = meta["names"]
     columns = {field: _unpacked(code, sections[name]) for name, code, field in _COLUMNS}
     if len({len(column) for column in columns.values()}) > 1:

@@ -19,6 +19,7 @@ from replichat.config import parse_config
 from replichat.handler import ChatHandler
 from replichat.lineproto import ClientFactory
 from replichat.metastore import MemoryMetaStore
+from replichat.membership import ClusterConfig
 from replichat.node import Node
 from replichat.passwords import PasswordHasher
 from replichat.testing import MemoryLog, MemorySnapshotStore
@@ -95,7 +96,8 @@ class Server:
         config = parse_config(CONFIG)
         self.config = evolve(config, limits=evolve(config.limits, **limits))
         self.disk_log = MemoryLog()
-        self.node = Node(1, self.disk_log, MemorySnapshotStore(), MemoryMetaStore(), self.clock)
+        self.node = Node(1, self.disk_log, MemorySnapshotStore(), MemoryMetaStore(), self.clock,
+                         initial_cluster=ClusterConfig.initial(self.config))
         self.node.start()
         self.hasher = PasswordHasher(n=16)
         self.handler = ChatHandler(self.node, self.hasher, self.config, self.config.limits, self.clock)

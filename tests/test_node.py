@@ -92,8 +92,9 @@ class CommitTests(SynchronousTestCase):
             node = disk.node(Clock())
             self.assertEqual(node.epoch, expected)
             self.assertEqual(disk.meta.document["epoch"], expected)
-            [marker] = disk.log.read(disk.log.last_index)
+            [marker] = disk.log.read(node._marker_index, node._marker_index + 1)
             self.assertEqual((marker.epoch, decode_command(marker.data)), (expected, {"op": "noop"}))
+            self.assertTrue(node.serving)
 
     def test_epoch_not_behind_log(self) -> None:
         """
