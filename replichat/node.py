@@ -388,8 +388,8 @@ class Node:
         cluster = self.cluster
         if self.node_id in cluster.members:
             self._joining = None
-        if self.role == LEADER and self.node_id in cluster.members:
-            return
+        if self.role == LEADER:
+            return  # a leader that removed itself steps down once that commits
         if self.node_id not in cluster.members or self.node_id in cluster.learners:
             self.role = LEARNER
         elif self.leader_id:
@@ -407,10 +407,13 @@ class Node:
     def _membership_changed(self) -> None:
         cluster = self.cluster
         for peer in cluster.members:
-            if peer != self.node_id and peer not in self._peers:
-                self._peers[peer] = PeerState()
-                if self.role == LEADER:
-                    self._progress[peer] = Progress(next=self.disk_log.last_index + 1)
+            if peer == self.node_id:
+                continue
+            self._peer(peer)
+            if self.role == LEADER and peer not in self._progress:
+                progress = Progress(next=self.disk_log.last_index + 1)
+                self._progress[peer] = progress
+                self._replicate(peer)
         for peer in list(self._peers):
             if peer not in cluster.members and peer != self.leader_id:
                 del self._peers[peer]
@@ -569,8 +572,12 @@ class Node:
         if message.epoch > self.epoch and message.role == LEADER:
             if self.role == LEADER:
                 self._step_down("node %d leads in the newer epoch %d" % (peer, message.epoch))
-        if peer == self.leader_id and message.epoch == self.epoch and self.role != LEADER:
-            self._advance_follower_commit(message.commit_index)
+        if peer == self.leader_id and self.role != LEADER:
+            if message.role != LEADER:
+                self.log.info("node {leader} no longer leads", leader=peer)
+                self._lose_leader()
+            elif message.epoch == self.epoch:
+                self._advance_follower_commit(message.commit_index)
 
     # -- elections ---------------------------------------------------------------
 
@@ -1219,7 +1226,11 @@ class Node:
     # -- membership changes (leader) -----------------------------------------------------
 
     def _config_pending(self) -> bool:
-        return any(i > self.commit_index for i, _ in self._configs) or any(
+        # One change of this leader's at a time.  A predecessor's
+        # uncommitted change does not count: it commits with this leader's
+        # marker, and the marker may be waiting for a dead member that only
+        # a change of this leader's can take out.
+        return bool(self._config_waiters) or any(
             command.get("op") == "config" for command, _, _ in self._batch
         )
 

@@ -76,7 +76,10 @@ class SimNetwork:
         generation = self.generation.get(pair, 0)
 
         def deliver() -> None:
-            if self._up(src, dst) and self.generation.get(pair, 0) == generation:
+            # What was sent before a clean stop still arrives; a crash or a
+            # cut link (a new generation) loses it.
+            node = self.nodes.get(dst)
+            if node is not None and not node.stopped and self.generation.get(pair, 0) == generation:
                 self.nodes[dst].receive(src, message)
 
         self.clock.callLater(LATENCY, deliver)
