@@ -148,7 +148,7 @@ bootstrap_venv() {
     fi
     if [[ "${REPLICHAT_REINSTALL:-0}" == 1 || "$want" == missing || "$want" != "$have" ]]; then
         note "installing replichat and its test dependencies into $VENV"
-        (cd "$REPO_ROOT" && "$VENV_PY" -m pip install --quiet --editable '.[test]') ||
+        (cd "$REPO_ROOT" && "$VENV_PY" -m pip install --quiet --config-settings editable_mode=compat --editable '.[test]') ||
             die "pip install -e '.[test]' failed (see pip's messages above)"
         want="$(_install_fingerprint)"
         printf '%s\n' "$want" >"$stamp"

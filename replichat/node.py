@@ -69,9 +69,11 @@ REPLAY_CHUNK_BYTES = 8 * 2**20
 #: Seconds to wait before trying again after a snapshot failed.
 SNAPSHOT_RETRY_DELAY = 60.0
 
-#: Entry data per Append message, and Append messages in flight per follower.
+#: Entry data per Append read back from the log for a follower that lags,
+#: and how many such Appends may be in flight to it.  (New batches go to an
+#: up-to-date follower as they are made, however many are in flight.)
 APPEND_BYTES = 1 * 2**20
-MAX_INFLIGHT = 64
+CATCH_UP_INFLIGHT = 8
 
 #: Bytes of snapshot per SnapshotChunk.
 SNAPSHOT_CHUNK_BYTES = 1 * 2**20
@@ -220,6 +222,7 @@ class Node:
         # Configurations in the log above the commit index, oldest first;
         # the committed one is in the state.
         self._configs: list[tuple[int, ClusterConfig]] = []
+        self._committed_cluster: tuple = (None, None)
         self._peers: dict[int, PeerState] = {}
         self._progress: dict[int, Progress] = {}
         self._answers: dict[int, election.Rank] = {}
@@ -276,7 +279,7 @@ class Node:
         for peer in self.cluster.members:
             if peer != self.node_id:
                 self._peers[peer] = PeerState()
-        self._set_role()
+        self._membership_changed()
         if self.role == CANDIDATE:
             self._start_election()
 
@@ -380,9 +383,13 @@ class Node:
         """
         if self._configs:
             return self._configs[-1][1]
-        if self.state.cluster is not None:
-            return ClusterConfig.from_json(self.state.cluster)
-        return self._initial_cluster
+        committed = self.state.cluster
+        if committed is None:
+            return self._initial_cluster
+        # Parsed once per committed configuration, not on every reply.
+        if self._committed_cluster[0] is not committed:
+            self._committed_cluster = (committed, ClusterConfig.from_json(committed))
+        return self._committed_cluster[1]
 
     def _set_role(self) -> None:
         cluster = self.cluster
@@ -935,7 +942,7 @@ class Node:
             )
             return
         last = self.disk_log.last_index
-        while progress.next <= last and len(progress.inflight) < MAX_INFLIGHT:
+        while progress.next <= last and len(progress.inflight) < CATCH_UP_INFLIGHT:
             entries = self.disk_log.read(progress.next, max_bytes=APPEND_BYTES)
             self._send_entries(peer, progress, entries)
 
@@ -1194,7 +1201,7 @@ class Node:
         self._config_waiters = [w for w in self._config_waiters if w[0] > index]
         for _, d in done:
             d.callback(None)
-        cluster = ClusterConfig.from_json(self.state.cluster)
+        cluster = self.cluster
         if self.node_id not in cluster.members:
             self.log.warn("node {node} is no longer a member", node=self.node_id)
             if self.role == LEADER:

@@ -33,7 +33,9 @@ from replichat.handler import ChatHandler
 from replichat.lineproto import ClientFactory
 from replichat.log import LogCorruption, SegmentedLog
 from replichat.metastore import MetaStore
-from replichat.node import Node, RecoveryError
+from replichat.membership import ClusterConfig, Member
+from replichat.node import Node, RecoveryError, Timing
+from replichat.peerproto import PeerNetwork, key_is_default, load_key
 from replichat.passwords import PasswordHasher
 from replichat.snapshot import FileSnapshotStore
 
@@ -139,7 +141,13 @@ class ChatServer(MultiService):
     log = Logger()
 
     def __init__(
-        self, config, node_id: int, data_dir: str, reactor, cut_corrupt_tail: bool = False
+        self,
+        config,
+        node_id: int,
+        data_dir: str,
+        reactor,
+        cut_corrupt_tail: bool = False,
+        join: tuple[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -148,6 +156,15 @@ class ChatServer(MultiService):
         self.reactor = reactor
         self.address = config.node(node_id)
         self.port = None
+        self.peer_port = None
+        self.join = join
+        key = load_key(config)
+        if key_is_default(key) and len(config.nodes) > 1:
+            self.log.warn(
+                "no secret_file in the config: peers authenticate with a "
+                "well-known key, so anyone who can reach a peer port can "
+                "act as a server; set secret_file in production"
+            )
         os.makedirs(data_dir, exist_ok=True)
         # Two processes on one data directory would both append to the log.
         self.lock = DataDirLock(data_dir)
@@ -168,15 +185,20 @@ class ChatServer(MultiService):
             snapshot_every_bytes=config.snapshot.every_bytes,
             snapshot_writer=ForkingSnapshotWriter(snapshots, reactor),
             on_fatal=self._fatal,
+            initial_cluster=ClusterConfig.initial(config),
+            timing=Timing(config.timing.heartbeat_interval, config.timing.failure_timeout),
+            joining=(
+                Member(self.address.host, self.address.client_port, self.address.peer_port)
+                if join
+                else None
+            ),
         )
+        self.network = PeerNetwork(node_id, key, reactor, self.node)
+        self.node.network = self.network
         self.node.start()
-        if len(config.nodes) > 1:
-            self.log.warn(
-                "the config lists {count} nodes, but this version does not "
-                "replicate yet: node {node} serves alone",
-                count=len(config.nodes),
-                node=node_id,
-            )
+        self.network.setServiceParent(self)
+        self.ticker = LoopingCall(self.node.tick)
+        self.ticker.clock = reactor
         hasher = PasswordHasher(
             run=lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
         )
@@ -192,6 +214,19 @@ class ChatServer(MultiService):
         except CannotListenError as error:
             self.log.critical("cannot listen for clients: {error}", error=error)
             raise SystemExit("replichat: cannot listen for clients: %s" % (error,))
+        # Peers must reach this server before it can take part; the
+        # listening Deferred has fired by now (TCP endpoints listen at once).
+        listening = self.network.listen(self.address.peer_port, self.address.host)
+        failures = []
+        listening.addErrback(failures.append)
+        if failures:
+            error = failures[0].value
+            self.log.critical("cannot listen for peers: {error}", error=error)
+            raise SystemExit("replichat: cannot listen for peers: %s" % (error,))
+        if self.join is not None:
+            self.network.dial(*self.join)
+        # The core's clock: heartbeats, failure detection, retries.
+        self.ticker.start(self.config.timing.heartbeat_interval, now=False)
         self.log.info(
             "node {node} serving clients on {host}:{port} as {role} in epoch {epoch}",
             node=self.node_id,
@@ -204,10 +239,20 @@ class ChatServer(MultiService):
 
     def stopService(self) -> Deferred | None:
         sdnotify.notify("STOPPING=1")
+        # A leader hands over, a follower leaves the live set, so the
+        # others need not wait a failure timeout; give those messages a
+        # moment on the wire before the connections close.
+        self.node.shutdown()
+        if self.ticker.running:
+            self.ticker.stop()
+        stopped = []
         if self.port is not None:
             port, self.port = self.port, None
-            return port.stopListening()
-        return None
+            stopped.append(port.stopListening())
+        d = Deferred()
+        self.reactor.callLater(0.05, d.callback, None)
+        d.addCallback(lambda _: super(ChatServer, self).stopService())
+        return d
 
     def _fatal(self, reason: str) -> None:
         # Nothing more may be acknowledged, and a failed fsync cannot be
@@ -218,7 +263,12 @@ class ChatServer(MultiService):
 
 
 def build_server(
-    config, node_id: int, data_dir: str, reactor, cut_corrupt_tail: bool = False
+    config,
+    node_id: int,
+    data_dir: str,
+    reactor,
+    cut_corrupt_tail: bool = False,
+    join: tuple[str, int] | None = None,
 ) -> ChatServer:
     """
     Open and recover a node's data directory and return its service.
@@ -226,6 +276,6 @@ def build_server(
     @raise SystemExit: with a message, if the data cannot be recovered.
     """
     try:
-        return ChatServer(config, node_id, data_dir, reactor, cut_corrupt_tail)
-    except (RecoveryError, LogCorruption, DataDirLocked) as error:
+        return ChatServer(config, node_id, data_dir, reactor, cut_corrupt_tail, join)
+    except (RecoveryError, LogCorruption, DataDirLocked, ValueError) as error:
         raise SystemExit("replichat: cannot start node %d: %s" % (node_id, error))

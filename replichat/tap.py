@@ -34,7 +34,7 @@ class Options(usage.Options):
         ["node", None, None, "This server's node id, one of the config's nodes (required)."],
         ["data-dir", None, None, "Override the config's data_dir for this server."],
         ["join", None, None,
-         "HOST:PEER_PORT of a running member, to join its cluster (needs replication)."],
+         "HOST:PEER_PORT of a running member: join its cluster as a new server."],
     ]
 
     def postOptions(self) -> None:
@@ -55,13 +55,22 @@ class Options(usage.Options):
                 "--node: node %d is not in %s (nodes: %s)"
                 % (node_id, self["config"], ", ".join(map(str, sorted(config.nodes))))
             )
+        self["join_address"] = None
         if self["join"]:
-            raise usage.UsageError(
-                "--join: this version runs a single server; joining a cluster "
-                "arrives with replication"
-            )
+            host, _, port = self["join"].rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise usage.UsageError(
+                    "--join: expected HOST:PEER_PORT of a running member, got %r" % (self["join"],)
+                )
+            self["join_address"] = (host.strip("[]"), int(port))
         if self["data-dir"] is not None and not self["data-dir"]:
             raise usage.UsageError("--data-dir must not be empty")
+        from replichat.peerproto import load_key
+
+        try:
+            load_key(config)  # an unreadable secret is a start-up error, before listening
+        except ConfigError as error:
+            raise usage.UsageError("%s:\n%s" % (self["config"], error))
         self["node_id"] = node_id
         self["cluster_config"] = config
         self["data_dir"] = self["data-dir"] or config.data_dir_for(node_id)
@@ -81,4 +90,5 @@ def makeService(options: Options):
         options["data_dir"],
         reactor,
         cut_corrupt_tail=bool(options["cut-corrupt-tail"]),
+        join=options["join_address"],
     )

@@ -877,16 +877,22 @@ class ExampleFilesTests(SynchronousTestCase):
 
     def test_local(self):
         """
-        C{etc/local.yaml}: one node on 127.0.0.1 (replication adds two more)
-        with data under C{var/}.
+        C{etc/local.yaml}: three nodes on 127.0.0.1, each with its own ports
+        and its data under C{var/}, and a peer secret under C{var/} too (all
+        relative to the repository root, where C{bin/replichat-local} runs
+        the servers).
         """
         config = load_config(example("local.yaml"))
         self.assertEqual(
             list(config.nodes.values()),
-            [NodeAddress(1, "127.0.0.1", 7001, 7101)],
+            [NodeAddress(i, "127.0.0.1", 7000 + i, 7100 + i) for i in (1, 2, 3)],
         )
-        self.assertEqual(config.data_dir_for(1), "var/node-1")
+        self.assertEqual(
+            [config.data_dir_for(i) for i in config.nodes],
+            ["var/node-1", "var/node-2", "var/node-3"],
+        )
         self.assertEqual(config.timing, Timing())
+        self.assertEqual(config.secret_file, "var/peer-secret")
 
     def test_cluster3Hosts(self):
         """
