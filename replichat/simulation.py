@@ -53,6 +53,7 @@ class SimNetwork:
         self.cut: set[frozenset] = set()
         self.sent = 0
         self.drop = None  # a test may set: (src, dst, message) -> bool
+        self.paused: dict[int, list] = {}  # node -> deliveries held for it
 
     def endpoint(self, node_id: int) -> SimEndpoint:
         return SimEndpoint(self, node_id)
@@ -80,7 +81,10 @@ class SimNetwork:
             # cut link (a new generation) loses it.
             node = self.nodes.get(dst)
             if node is not None and not node.stopped and self.generation.get(pair, 0) == generation:
-                self.nodes[dst].receive(src, message)
+                if dst in self.paused:
+                    self.paused[dst].append(deliver)  # read when it wakes up
+                else:
+                    node.receive(src, message)
 
         self.clock.callLater(LATENCY, deliver)
 
@@ -134,6 +138,20 @@ class SimNetwork:
                     if pair not in self.cut:
                         self.cut.add(pair)
                         self._break(a, b)
+
+    def pause(self, node_id: int) -> None:
+        """
+        SIGSTOP: the process neither runs nor reads, but its connections
+        stay up and what is sent to it waits in the socket buffers.
+        """
+        self.paused.setdefault(node_id, [])
+
+    def resume(self, node_id: int) -> None:
+        """
+        SIGCONT: it reads everything that waited, in order.
+        """
+        for deliver in self.paused.pop(node_id, []):
+            deliver()
 
     def heal(self) -> None:
         cut, self.cut = self.cut, set()
@@ -198,7 +216,8 @@ class SimCluster:
     def _schedule_tick(self, node: Node) -> None:
         def tick() -> None:
             if self.nodes.get(node.node_id) is node and not node.stopped:
-                node.tick()
+                if node.node_id not in self.network.paused:
+                    node.tick()
                 self._tickers[node.node_id] = self.clock.callLater(
                     self.timing.heartbeat_interval, tick
                 )
@@ -246,5 +265,7 @@ class SimCluster:
         return [n for n in self.nodes.values() if n.role == "leader"]
 
     def leader(self) -> Node | None:
-        serving = [n for n in self.nodes.values() if n.serving]
+        serving = [
+            n for n in self.nodes.values() if n.serving and n.node_id not in self.network.paused
+        ]
         return serving[0] if len(serving) == 1 else None

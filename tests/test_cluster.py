@@ -322,6 +322,53 @@ class FencingTests(ClusterTestCase):
         self.assertConverged(cluster)
         self.assertNotIn("stale", names(old))
 
+    def test_paused_leader_acknowledges_nothing_more(self):
+        """
+        A leader stopped (SIGSTOP) past the failure timeout is replaced; when
+        it runs again it does not take its own pause for its followers'
+        deaths, acknowledges nothing more, and steps down.
+        """
+        cluster = self.cluster()
+        cluster.start_all()
+        old = self.elect(cluster)
+        self.write(cluster, "a")
+        cluster.network.pause(old.node_id)
+        new = cluster.run_until(
+            lambda: any(n.serving and n is not old for n in cluster.nodes.values()), 3.0)
+        self.write(cluster, "b")
+        cluster.run(1.0)
+        # It wakes up: its overdue tick first, then what waited for it.
+        old.tick()
+        self.assertEqual(sorted(old.cluster.live), [1, 2, 3], "it dropped live members")
+        d = create(old, "late", rid="late")
+        cluster.network.resume(old.node_id)
+        cluster.run(1.0)
+        self.assertNotEqual(old.role, "leader")
+        self.assertEqual(self.failureResultOf(d, ChatError).value.code, "unavailable")
+        self.settle(cluster)
+        self.assertConverged(cluster)
+        self.assertNotIn("late", names(cluster.leader()))
+
+    def test_paused_follower_returns_as_follower(self):
+        """
+        A follower stopped past the failure timeout is taken out of the live
+        set; when it runs again it does not start an election against the
+        healthy leader, and it is put back once caught up.
+        """
+        cluster = self.cluster()
+        cluster.start_all()
+        leader = self.elect(cluster)
+        epoch = leader.epoch
+        cluster.network.pause(1)
+        cluster.run_until(lambda: 1 not in leader.cluster.live, 2.0)
+        self.write(cluster, "while-paused")
+        cluster.network.resume(1)
+        cluster.run_until(lambda: 1 in leader.cluster.live, 3.0)
+        self.assertIs(cluster.leader(), leader)
+        self.assertEqual(leader.epoch, epoch)
+        self.settle(cluster)
+        self.assertConverged(cluster)
+
     def test_old_epoch_refused(self):
         """
         A follower refuses an Append from an epoch older than its own and
