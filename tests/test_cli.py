@@ -4,26 +4,39 @@ Tests for the C{replichat} command: L{replichat.scripts.cli} (parsing,
 configuration, passwords, exit statuses), L{replichat.scripts.output} (the
 text it prints) and L{replichat.scripts.chat} (the interactive console).
 
-The cluster is replaced by L{StubClient} and a fake C{query} function: what
-these tests check is the command line, not the protocol (that is
-C{tests.test_client}'s job).
+The cluster is replaced by L{StubClient}, a fake C{query} function and a
+fake C{admin_call}: what these tests check is the command line, not the
+protocol (that is the job of C{tests.test_client} and C{tests.test_peer}).
+L{AdminNetworkTests} runs the admin commands against a real L{PeerNetwork}
+on 127.0.0.1.
 """
 
 import io
 import json
+import os
+import socket
+import subprocess
 import sys
+import threading
 import time
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from replichat.client import ChatError
-from replichat.config import NodeAddress
+from replichat.config import ConfigError, NodeAddress
+from replichat.errors import NOT_FOUND, NOT_LEADER
+from replichat.errors import ChatError as ServerChatError
+from replichat.peercommands import ForceLead, Leave
+from replichat.peerproto import DEFAULT_KEY, AdminCallFailed, PeerNetwork
 from replichat.scripts import cli, output
 from replichat.scripts.chat import COMMANDS, ChatConsole
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFIG = """\
 nodes:
@@ -175,6 +188,30 @@ class ParserTests(SynchronousTestCase):
         self.assertEqual(self.parse("delete-account", "--user", "a").user, "a")
         self.assertUsageError("delete-account", "--user", "a", "pw")
 
+    def test_admin_commands(self):
+        """
+        C{leave} and C{force-lead} take one positive node id.
+        """
+        self.assertEqual(self.parse("leave", "2").node, 2)
+        self.assertEqual(self.parse("force-lead", "3").node, 3)
+        for name in ["leave", "force-lead"]:
+            self.assertUsageError(name)
+            self.assertUsageError(name, "x")
+            self.assertUsageError(name, "0")
+            self.assertUsageError(name, "-1")
+            self.assertUsageError(name, "1", "2")
+
+    def test_force_lead_help(self):
+        """
+        C{force-lead --help} warns that commits may be lost and says which
+        server to give it to.
+        """
+        self.patch(sys, "stdout", io.StringIO())
+        self.assertRaises(SystemExit, self.parse, "force-lead", "--help")
+        text = " ".join(sys.stdout.getvalue().split())
+        self.assertIn("may lose commits held only by a missing member", text)
+        self.assertIn("the survivor with the highest last index (shown by status)", text)
+
     def test_parse_server(self):
         """
         C{--server} is C{HOST:PORT}, with brackets around an IPv6 address.
@@ -221,6 +258,66 @@ class PrepareTests(SynchronousTestCase):
         """
         self.assertRaises(cli.UsageFailure, cli.prepare, ["hello"], {}, never)
         self.assertRaises(cli.UsageFailure, cli.prepare, ["--server", "h:1", "status"], {}, never)
+
+    def write_config(self, extra):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(CONFIG + extra)
+        return path
+
+    def test_admin_key(self):
+        """
+        The admin commands read the peer secret named by C{secret_file},
+        without its trailing newline, before anything runs.
+        """
+        secret = self.mktemp()
+        with open(secret, "w") as f:
+            f.write("s3cret-key\n")
+        config = self.write_config("secret_file: {}\n".format(secret))
+        for argv in [["leave", "2"], ["force-lead", "2"]]:
+            invocation = cli.prepare(["--config", config, *argv], {}, never)
+            self.assertEqual(invocation.key, b"s3cret-key")
+            self.assertIsNone(invocation.password)
+        self.assertIsNone(cli.prepare(["--config", config, "hello"], {}, never).key)
+
+    def test_admin_default_key(self):
+        """
+        Without C{secret_file}, the admin commands use the public default
+        key, as the servers do.
+        """
+        invocation = cli.prepare(["--config", self.config, "leave", "2"], {}, never)
+        self.assertEqual(invocation.key, DEFAULT_KEY)
+
+    def test_admin_missing_secret(self):
+        """
+        A C{secret_file} that cannot be read is a configuration error.
+        """
+        config = self.write_config("secret_file: {}\n".format(self.mktemp()))
+        self.assertRaises(ConfigError, cli.prepare, ["--config", config, "leave", "2"], {}, never)
+
+    def test_admin_config_required(self):
+        """
+        The admin commands need C{--config} (for the peer ports and the
+        secret); C{--server} alone will not do.
+        """
+        for argv in [["leave", "2"], ["force-lead", "2"]]:
+            error = self.assertRaises(
+                cli.UsageFailure, cli.prepare, ["--server", "h:1", *argv], {}, never
+            )
+            self.assertEqual(str(error), "--config FILE is required")
+
+    def test_force_lead_unknown_node(self):
+        """
+        C{force-lead} of a node the file does not list is a usage error: its
+        peer port is unknown.  C{leave} of one is fine (the leader knows).
+        """
+        argv = ["--config", self.config, "force-lead", "4"]
+        error = self.assertRaises(cli.UsageFailure, cli.prepare, argv, {}, never)
+        self.assertEqual(
+            str(error), "node 4 is not in {}, so its peer address is unknown".format(self.config)
+        )
+        invocation = cli.prepare(["--config", self.config, "leave", "4"], {}, never)
+        self.assertEqual(invocation.args.node, 4)
 
     def test_password_from_environment(self):
         """
@@ -302,6 +399,95 @@ class RunTests(SynchronousTestCase):
         self.assertEqual(error.code, 2)
         self.assertEqual(self.stderr.getvalue(),
                          "replichat: error: --config FILE is required (or --server)\n")
+
+
+class BrokenPipeTests(SynchronousTestCase):
+    """
+    A reader that stops reading (C{replichat status | head -1}) ends the
+    command quietly, with status 1.
+    """
+
+    def run_closed_stdout(self, *argv):
+        """
+        Run C{replichat ARGV} with a standard output whose reader is gone.
+
+        @return: the exit status and standard error.
+        """
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            child = subprocess.run(
+                [sys.executable, "-m", "replichat.scripts.cli", *argv],
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                cwd=ROOT,
+                timeout=30,
+            )
+        finally:
+            os.close(write_end)
+        return child.returncode, child.stderr.decode("utf-8", "replace")
+
+    def hello_server(self):
+        """
+        A server on 127.0.0.1 (in a thread) that answers every request with
+        a C{hello} result.
+
+        @return: its port.
+        """
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(5)
+        listener.settimeout(30)
+        self.addCleanup(listener.close)
+        result = {"node": 1, "role": "leader", "epoch": 1, "leader": None}
+
+        def serve():
+            try:
+                while True:
+                    connection, _ = listener.accept()
+                    with connection, connection.makefile("rwb") as stream:
+                        for line in stream:
+                            request = json.loads(line)
+                            answer = {"id": request["id"], "ok": True, "result": result}
+                            stream.write(json.dumps(answer).encode("utf-8") + b"\n")
+                            stream.flush()
+            except OSError:
+                pass  # closed at the end of the test
+
+        threading.Thread(target=serve, daemon=True).start()
+        return listener.getsockname()[1]
+
+    def test_help(self):
+        """
+        C{--help} into a closed pipe prints no traceback.
+        """
+        status, err = self.run_closed_stdout("--help")
+        self.assertEqual(err, "")
+
+    def test_hello(self):
+        """
+        C{hello}, which prints from inside the reactor, exits 1 without a
+        traceback when its output cannot be written (0 when it can).
+        """
+        port = self.hello_server()
+        argv = ["--server", "127.0.0.1:{}".format(port), "hello"]
+        self.assertEqual(self.run_closed_stdout(*argv), (1, ""))
+        child = subprocess.run([sys.executable, "-m", "replichat.scripts.cli", *argv],
+                               capture_output=True, cwd=ROOT, timeout=30)
+        self.assertEqual((child.returncode, child.stdout, child.stderr),
+                         (0, b"node 1: leader, epoch 1, no leader\n", b""))
+
+    def test_in_main(self):
+        """
+        A broken pipe raised while L{cli.main} prints makes the status 1.
+        """
+        self.patch(sys, "stdout", io.StringIO())
+
+        async def main(reactor, invocation):
+            raise BrokenPipeError()
+
+        running = cli._main_or_broken_pipe(Clock(), None, main)
+        self.assertEqual(self.successResultOf(Deferred.fromCoroutine(running)), 1)
 
 
 class OutputTests(SynchronousTestCase):
@@ -426,6 +612,11 @@ class FormatResultTests(SynchronousTestCase):
             ("history", {"messages": [self.message]}, "[9] you -> bob (?): hi"),
             ("delete", {"deleted": 2}, "deleted 2 message(s)"),
             ("delete-account", {}, "deleted account alice"),
+            ("leave", {"node": 2, "left": True, "leader": 1},
+             "node 2 left the cluster; its id is retired"),
+            ("force-lead", {"node": 3, "forced": True},
+             "node 3 will lead without waiting for the missing members of its last live set;"
+             " check with status"),
         ]
         for command, result, text in cases:
             self.assertEqual(cli.format_result(command, result, "alice"), text)
@@ -599,6 +790,336 @@ class MainTests(SynchronousTestCase):
         self.assertEqual(self.main(["status"], query=lambda *a: fail(ConnectionRefusedError())), 1)
         self.assertEqual(self.out.getvalue().count("down"), 2)
         self.assertEqual(self.err.getvalue(), "error: unreachable: no configured server answered\n")
+
+
+class FakeAdmin:
+    """
+    Stands in for L{replichat.peerproto.admin_call}: records each call as
+    C{(host, port, key, command, timeout, kwargs)} and answers from
+    C{answers}, a list of answer dicts or exceptions, one per call.
+    """
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.calls = []
+
+    def __call__(self, reactor, host, port, key, command, timeout=10.0, tls=None, **kwargs):
+        self.calls.append((host, port, key, command, timeout, kwargs))
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            return fail(answer)
+        return succeed(answer)
+
+
+def hellos(answers):
+    """
+    A fake C{query} answering C{hello} from C{answers} (host -> answer, or
+    an exception to fail with) and recording C{(host, port, op)} in
+    C{query.asked}.
+    """
+    def query(reactor, host, port, op):
+        query.asked.append((host, port, op))
+        answer = answers[host]
+        if callable(answer):
+            answer = answer()
+        if isinstance(answer, Exception):
+            return fail(answer)
+        return succeed(answer)
+
+    query.asked = []
+    return query
+
+
+def hello(node, role, leader):
+    """
+    A C{hello} answer of C{node} naming C{leader} (an id, or L{None}).
+    """
+    if leader:
+        leader = {"id": leader, "host": "10.0.0.%d" % leader, "port": 7000 + leader}
+    return {"node": node, "role": role, "epoch": 3, "leader": leader}
+
+
+OK = {"ok": True, "error": ""}
+NOT_THE_LEADER = {"ok": False, "error": "node 1 is not the leader"}
+
+
+class AdminMainTests(SynchronousTestCase):
+    """
+    Tests for C{leave} and C{force-lead} in L{cli.main}, with a fake
+    C{admin_call}.
+    """
+
+    def setUp(self):
+        self.out, self.err = io.StringIO(), io.StringIO()
+
+    def main(self, argv, query=None, admin=None):
+        args = cli.build_parser({}).parse_args(["--config", "c.yaml", *argv])
+        invocation = cli.Invocation(
+            args, NODES, [("10.0.0.1", 7001), ("10.0.0.2", 7002)], None, b"k"
+        )
+        running = cli.main(Clock(), invocation, self.out, self.err, query=query, admin=admin)
+        return self.successResultOf(Deferred.fromCoroutine(running))
+
+    def moving_leader(self, admin, later):
+        """
+        A C{query} for a cluster led by node 1 until the first admin call,
+        after which node 1 answers C{later}.
+        """
+        return hellos({
+            "10.0.0.1": lambda: later if admin.calls else hello(1, "leader", 1),
+            "10.0.0.2": hello(2, "follower", 1),
+        })
+
+    def test_leave(self):
+        """
+        C{leave ID} finds the leader with C{hello} on the client ports (a
+        server that says it leads is believed first) and sends C{Leave} to
+        the leader's peer port with the key.
+        """
+        query = hellos({"10.0.0.1": hello(1, "follower", 1),
+                        "10.0.0.2": hello(2, "leader", 2)})
+        admin = FakeAdmin(OK)
+        self.assertEqual(self.main(["leave", "1"], query, admin), 0)
+        self.assertEqual(sorted(query.asked),
+                         [("10.0.0.1", 7001, "hello"), ("10.0.0.2", 7002, "hello")])
+        self.assertEqual(admin.calls, [("10.0.0.2", 7102, b"k", Leave, 10.0, {"node": 1})])
+        self.assertEqual(self.out.getvalue(), "node 1 left the cluster; its id is retired\n")
+        self.assertEqual(self.err.getvalue(), "")
+
+    def test_leave_leader_named(self):
+        """
+        When no server says it leads, the leader a server names is asked;
+        C{--timeout} bounds the admin call; C{--json} prints the result.
+        """
+        query = hellos({"10.0.0.1": ConnectionRefusedError(),
+                        "10.0.0.2": hello(2, "follower", 1)})
+        admin = FakeAdmin(OK)
+        self.assertEqual(self.main(["--json", "--timeout", "3", "leave", "2"], query, admin), 0)
+        self.assertEqual(admin.calls, [("10.0.0.1", 7101, b"k", Leave, 3.0, {"node": 2})])
+        self.assertEqual(json.loads(self.out.getvalue()), {"node": 2, "left": True, "leader": 1})
+
+    def test_leave_retry_at_named_leader(self):
+        """
+        A server that answers it is not the leader is asked (C{hello}, on
+        its client port) which one is, and C{Leave} is sent once more there.
+        """
+        admin = FakeAdmin(NOT_THE_LEADER, OK)
+        query = self.moving_leader(admin, hello(1, "follower", 2))
+        self.assertEqual(self.main(["leave", "3"], query, admin), 0)
+        self.assertEqual([call[:2] for call in admin.calls],
+                         [("10.0.0.1", 7101), ("10.0.0.2", 7102)])
+        self.assertEqual(query.asked[2:], [("10.0.0.1", 7001, "hello")])
+        self.assertEqual(self.out.getvalue(), "node 3 left the cluster; its id is retired\n")
+
+    def test_leave_retry_answer_names_leader(self):
+        """
+        A not-leader answer that names the leader (C{code} and C{leader}
+        fields) is followed without asking C{hello} again.
+        """
+        query = hellos({"10.0.0.1": hello(1, "leader", 1), "10.0.0.2": hello(2, "follower", 1)})
+        refused = {"ok": False, "error": "ask elsewhere", "code": NOT_LEADER, "leader": 2}
+        admin = FakeAdmin(refused, OK)
+        self.assertEqual(self.main(["leave", "3"], query, admin), 0)
+        self.assertEqual([c[0] for c in admin.calls], ["10.0.0.1", "10.0.0.2"])
+        self.assertEqual(len(query.asked), 2)
+
+    def test_leave_retries_once(self):
+        """
+        The retry is made once: a second not-leader answer exits 1 with the
+        server's message.
+        """
+        second = {"ok": False, "error": "node 2 is not the leader"}
+        admin = FakeAdmin(NOT_THE_LEADER, second)
+        query = self.moving_leader(admin, hello(1, "follower", 2))
+        self.assertEqual(self.main(["leave", "3"], query, admin), 1)
+        self.assertEqual(len(admin.calls), 2)
+        self.assertEqual(self.err.getvalue(),
+                         "error: refused: node 2 refused: node 2 is not the leader\n")
+        self.assertEqual(self.out.getvalue(), "")
+
+    def test_leave_not_leader_names_none(self):
+        """
+        A server that is not the leader and knows no other ends the command
+        (status 1) without a second call.
+        """
+        admin = FakeAdmin(NOT_THE_LEADER)
+        query = self.moving_leader(admin, hello(1, "candidate", None))
+        self.assertEqual(self.main(["leave", "3"], query, admin), 1)
+        self.assertEqual(len(admin.calls), 1)
+        self.assertEqual(self.err.getvalue(), "error: unavailable: node 1 is not the leader and"
+                         " names no other; retry shortly\n")
+
+    def test_leave_refused(self):
+        """
+        Any other refusal exits 1 with the server's message.
+        """
+        query = hellos({"10.0.0.1": hello(1, "leader", 1), "10.0.0.2": hello(2, "follower", 1)})
+        admin = FakeAdmin({"ok": False, "error": "node 7 is not a member"})
+        self.assertEqual(self.main(["--json", "leave", "7"], query, admin), 1)
+        self.assertEqual(len(admin.calls), 1)
+        self.assertEqual(self.err.getvalue(),
+                         "error: refused: node 1 refused: node 7 is not a member\n")
+        self.assertEqual(self.out.getvalue(), "")
+
+    def test_leave_no_server(self):
+        """
+        When no server answers C{hello}, the leader is unknown: exit 1.
+        """
+        refused = ConnectionRefusedError()
+        query = hellos({"10.0.0.1": refused, "10.0.0.2": refused})
+        admin = FakeAdmin()
+        self.assertEqual(self.main(["leave", "2"], query, admin), 1)
+        self.assertEqual(admin.calls, [])
+        self.assertEqual(self.err.getvalue(),
+                         "error: unreachable: no server answered, so the leader is unknown\n")
+
+    def test_leave_no_leader(self):
+        """
+        When no server knows a leader (an election), exit 1 saying so.
+        """
+        query = hellos({"10.0.0.1": hello(1, "candidate", None),
+                        "10.0.0.2": hello(2, "candidate", 0)})
+        self.assertEqual(self.main(["leave", "2"], query, FakeAdmin()), 1)
+        self.assertTrue(
+            self.err.getvalue().startswith("error: unavailable: no server knows a leader")
+        )
+
+    def test_leave_leader_not_configured(self):
+        """
+        A leader that joined later and is not in the file has no known peer
+        port: exit 1 saying so.
+        """
+        query = hellos({"10.0.0.1": hello(1, "follower", 4), "10.0.0.2": hello(2, "follower", 4)})
+        admin = FakeAdmin()
+        self.assertEqual(self.main(["leave", "2"], query, admin), 1)
+        self.assertEqual(admin.calls, [])
+        self.assertEqual(
+            self.err.getvalue(),
+            "error: unknown_node: node 4 (the leader) is not in c.yaml, so its peer port is"
+            " unknown; add it to the file's nodes\n",
+        )
+
+    def test_leave_unreachable(self):
+        """
+        An admin call that gets no answer (refused, wrong secret, timeout)
+        exits 1 with L{AdminCallFailed}'s explanation.
+        """
+        query = hellos({"10.0.0.1": hello(1, "leader", 1), "10.0.0.2": hello(2, "follower", 1)})
+        admin = FakeAdmin(AdminCallFailed("cannot authenticate with 10.0.0.1:7101: bad proof"))
+        self.assertEqual(self.main(["leave", "2"], query, admin), 1)
+        self.assertEqual(self.err.getvalue(), "error: unreachable: node 1: cannot authenticate"
+                         " with 10.0.0.1:7101: bad proof\n")
+
+    def test_force_lead(self):
+        """
+        C{force-lead ID} sends C{ForceLead} to that server's peer port, and
+        asks no client port.
+        """
+        query = hellos({})
+        admin = FakeAdmin(OK)
+        self.assertEqual(self.main(["force-lead", "2"], query, admin), 0)
+        self.assertEqual(admin.calls, [("10.0.0.2", 7102, b"k", ForceLead, 10.0, {})])
+        self.assertEqual(query.asked, [])
+        self.assertEqual(
+            self.out.getvalue(),
+            "node 2 will lead without waiting for the missing members of its last live set;"
+            " check with status\n",
+        )
+
+    def test_force_lead_json(self):
+        """
+        With C{--json}, C{force-lead} prints its result as JSON.
+        """
+        self.assertEqual(self.main(["--json", "force-lead", "1"], None, FakeAdmin(OK)), 0)
+        self.assertEqual(json.loads(self.out.getvalue()), {"node": 1, "forced": True})
+
+    def test_force_lead_refused(self):
+        """
+        A refusal exits 1 with the server's message.
+        """
+        admin = FakeAdmin({"ok": False, "error": "node 1 is not in its live set [2, 3]"})
+        self.assertEqual(self.main(["force-lead", "1"], None, admin), 1)
+        self.assertEqual(self.err.getvalue(),
+                         "error: refused: node 1 refused: node 1 is not in its live set [2, 3]\n")
+
+    def test_force_lead_unreachable(self):
+        """
+        A server that cannot be reached exits 1.
+        """
+        admin = FakeAdmin(AdminCallFailed("10.0.0.1:7101 refused the connection"))
+        self.assertEqual(self.main(["force-lead", "1"], None, admin), 1)
+        self.assertEqual(self.err.getvalue(),
+                         "error: unreachable: node 1: 10.0.0.1:7101 refused the connection\n")
+
+
+class AdminNode:
+    """
+    The node behind a real L{PeerNetwork}: records the admin calls; C{leave}
+    of node 9 is refused.
+    """
+
+    def __init__(self):
+        self.calls = []
+
+    def leave(self, node_id):
+        self.calls.append(("leave", node_id))
+        if node_id == 9:
+            raise ServerChatError(NOT_FOUND, "node 9 is not a member")
+
+    def force_lead(self):
+        self.calls.append(("force_lead",))
+
+    def __getattr__(self, name):
+        # peer_connected, peer_lost ...: never called without peers.
+        return lambda *args: self.calls.append((name,) + args)
+
+
+class AdminNetworkTests(TestCase):
+    """
+    C{leave} and C{force-lead} against a real L{PeerNetwork} on 127.0.0.1,
+    through the real L{replichat.peerproto.admin_call}.
+    """
+
+    timeout = 10
+    KEY = b"admin test key"
+
+    def setUp(self):
+        self.node = AdminNode()
+        network = PeerNetwork(2, self.KEY, reactor, self.node)
+        self.addCleanup(network.stopService)
+        network.startService()
+        return network.listen(0, "127.0.0.1").addCallback(self.listening)
+
+    def listening(self, port):
+        self.nodes = [NodeAddress(2, "127.0.0.1", 1, port.getHost().port)]
+
+    def run_main(self, argv, key=KEY):
+        args = cli.build_parser({}).parse_args(["--config", "c.yaml", *argv])
+        invocation = cli.Invocation(args, self.nodes, [("127.0.0.1", 1)], None, key)
+        self.out, self.err = io.StringIO(), io.StringIO()
+        query = hellos({"127.0.0.1": hello(2, "leader", 2)})
+        return Deferred.fromCoroutine(
+            cli.main(reactor, invocation, self.out, self.err, query=query)
+        )
+
+    async def check_commands(self):
+        self.assertEqual(await self.run_main(["leave", "3"]), 0)
+        self.assertEqual(self.out.getvalue(), "node 3 left the cluster; its id is retired\n")
+        self.assertEqual(await self.run_main(["leave", "9"]), 1)
+        self.assertEqual(self.err.getvalue(),
+                         "error: refused: node 2 refused: node 9 is not a member\n")
+        self.assertEqual(await self.run_main(["force-lead", "2"]), 0)
+        self.assertEqual(self.node.calls, [("leave", 3), ("leave", 9), ("force_lead",)])
+        self.assertEqual(await self.run_main(["force-lead", "2"], key=b"wrong"), 1)
+        self.assertIn("error: unreachable: node 2: cannot authenticate", self.err.getvalue())
+        self.assertEqual(len(self.node.calls), 3)
+
+    def test_commands(self):
+        """
+        The commands reach the node, report its refusals, and fail without
+        the right secret.
+        """
+        return Deferred.fromCoroutine(self.check_commands())
 
 
 class ChatConsoleTests(SynchronousTestCase):

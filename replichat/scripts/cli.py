@@ -1,12 +1,15 @@
 # -*- test-case-name: tests.test_cli -*-
 """
 The C{replichat} command: the interactive chat client, the cluster status
-table, and one scripted sub-command per chat operation.
+table, one scripted sub-command per chat operation, and the admin commands
+C{leave} and C{force-lead}, which talk to a server's peer port (AMP,
+authenticated with the configuration's C{secret_file}).
 
 Exit status: 0 on success, 1 when the cluster refused the operation or could
 not be reached (C{error: CODE: MESSAGE} on standard error), 2 for a usage or
-configuration error.  Passwords never appear as arguments: they come from
-C{REPLICHAT_PASSWORD} or a prompt.
+configuration error.  When standard output is closed early (C{replichat
+status | head -1}) the command exits quietly with status 1.  Passwords never
+appear as arguments: they come from C{REPLICHAT_PASSWORD} or a prompt.
 """
 
 import argparse
@@ -27,6 +30,9 @@ from replichat.client import (
     query_node,
 )
 from replichat.config import ConfigError, load_config
+from replichat.errors import NOT_LEADER, UNAVAILABLE
+from replichat.peercommands import ForceLead, Leave
+from replichat.peerproto import AdminCallFailed, admin_call, load_key
 from replichat.scripts import output
 
 __all__ = ["build_parser", "main", "prepare", "run"]
@@ -36,6 +42,14 @@ CONFIG_ENV = "REPLICHAT_CONFIG"
 
 #: Sub-commands that log in first, with C{--user}.
 SESSION_COMMANDS = {"send", "read", "history", "delete", "delete-account"}
+
+#: Sub-commands that talk to a server's peer port, with the peer secret.
+ADMIN_COMMANDS = {"leave", "force-lead"}
+
+#: Error codes of the admin commands (the peer port answers with a sentence
+#: only): the server refused, or a node has no peer address in the file.
+REFUSED = "refused"
+UNKNOWN_NODE = "unknown_node"
 
 
 class UsageFailure(Exception):
@@ -53,12 +67,14 @@ class Invocation:
     @ivar nodes: the configured L{NodeAddress}es (empty without C{--config}).
     @ivar addresses: C{(host, client_port)} to try, C{--server} first.
     @ivar password: the password the command needs, or L{None}.
+    @ivar key: the peer secret, for the admin commands; else L{None}.
     """
 
     args: argparse.Namespace
     nodes: list
     addresses: list
     password: str | None
+    key: bytes | None = None
 
 
 def parse_server(text):
@@ -111,8 +127,10 @@ def build_parser(environ=os.environ):
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name, text, user=False):
-        sub = commands.add_parser(name, help=text, description=text)
+    def command(name, text, user=False, description=None, epilog=None):
+        sub = commands.add_parser(
+            name, help=text, description=description or text, epilog=epilog
+        )
         if user:
             sub.add_argument("--user", required=True, metavar="USER", help="log in as USER")
         return sub
@@ -147,6 +165,29 @@ def build_parser(environ=os.environ):
         "ids", nargs="+", type=_count, metavar="ID"
     )
     command("delete-account", "delete your account (password confirms)", user=True)
+    admin_epilog = (
+        "Talks to a server's peer port and authenticates with the secret_file of"
+        " --config, so run it where that file is readable and the peer ports reachable."
+    )
+    command(
+        "leave",
+        "remove server ID from the cluster for good (asks the leader)",
+        description="Remove server ID from the cluster for good: the leader commits a"
+        " configuration entry without it (a leaving leader hands over first).  The id"
+        " is retired: a removed server never comes back under it.",
+        epilog=admin_epilog,
+    ).add_argument("node", type=_positive, metavar="ID", help="the server to remove")
+    command(
+        "force-lead",
+        "make server ID lead without the missing members; may lose commits only they"
+        " hold, so pick the survivor with the highest last index in status",
+        description="Make server ID, which is waiting for an election after a full outage,"
+        " lead without waiting any longer for the missing members of its last live set."
+        "  This may lose commits held only by a missing member: use it only when one is"
+        " lost for good, and give it to the survivor with the highest last index (shown"
+        " by status).  Then remove the lost server with leave.",
+        epilog=admin_epilog,
+    ).add_argument("node", type=_positive, metavar="ID", help="the server to make lead")
     return parser
 
 
@@ -180,16 +221,24 @@ def prepare(argv, environ=os.environ, ask=getpass.getpass, load=load_config):
     @raise ConfigError: for a bad configuration file.
     """
     args = build_parser(environ).parse_args(argv)
-    nodes = []
+    nodes, key = [], None
+    needs_config = args.command == "status" or args.command in ADMIN_COMMANDS
     if args.config is not None:
-        nodes = list(load(args.config).nodes.values())
-    elif args.command == "status" or args.server is None:
-        alternative = "" if args.command == "status" else " (or --server)"
+        config = load(args.config)
+        nodes = list(config.nodes.values())
+        if args.command in ADMIN_COMMANDS:
+            key = load_key(config)
+    elif needs_config or args.server is None:
+        alternative = "" if needs_config else " (or --server)"
         raise UsageFailure("--config FILE is required" + alternative)
+    if args.command == "force-lead" and args.node not in {node.id for node in nodes}:
+        raise UsageFailure(
+            "node {} is not in {}, so its peer address is unknown".format(args.node, args.config)
+        )
     addresses = [(node.host, node.client_port) for node in nodes]
     if args.server is not None:
         addresses = [args.server] + [a for a in addresses if a != args.server]
-    return Invocation(args, nodes, addresses, read_password(args, environ, ask))
+    return Invocation(args, nodes, addresses, read_password(args, environ, ask), key)
 
 
 def format_result(command, result, user=None):
@@ -225,6 +274,13 @@ def format_result(command, result, user=None):
         return "deleted account {}".format(user)
     if command == "hello":
         return output.format_hello(result)
+    if command == "leave":
+        return "node {} left the cluster; its id is retired".format(result.get("node"))
+    if command == "force-lead":
+        return (
+            "node {} will lead without waiting for the missing members of its last"
+            " live set; check with status".format(result.get("node"))
+        )
     if command == "cluster":
         return "{}, epoch {}\n{}".format(
             output.format_leader(result.get("leader")),
@@ -321,16 +377,181 @@ async def gather_status(reactor, nodes, query):
     return output.status_rows(nodes, hellos, chosen, own), answered
 
 
+def _leader_id(leader):
+    """
+    The id in a C{hello} answer's C{leader} (an object, or an id; 0 and
+    L{None} mean none), or L{None}.
+    """
+    if isinstance(leader, dict):
+        leader = leader.get("id")
+    if isinstance(leader, int) and not isinstance(leader, bool) and leader > 0:
+        return leader
+    return None
+
+
+async def find_leader(reactor, addresses, query):
+    """
+    Ask every address for C{hello}, concurrently (as C{status} does): the
+    leader is a server that says it leads, else the one the first answer
+    names.
+
+    @return: the leader's id.
+    @raise ServerUnreachable: if no server answered.
+    @raise ChatError: (C{unavailable}) if none knows a leader.
+    """
+    async def ask(host, port):
+        try:
+            return await query(reactor, host, port, "hello")
+        except (ChatError, *CONNECTION_ERRORS):
+            return None
+
+    answers = await DeferredList(
+        [Deferred.fromCoroutine(ask(host, port)) for host, port in addresses]
+    )
+    hellos = [hello for _, hello in answers if isinstance(hello, dict)]
+    if not hellos:
+        raise ServerUnreachable("no server answered, so the leader is unknown")
+    for hello in hellos:
+        if hello.get("role") == "leader" and _leader_id(hello.get("node")):
+            return hello["node"]
+    for hello in hellos:
+        leader = _leader_id(hello.get("leader"))
+        if leader is not None:
+            return leader
+    raise ChatError(
+        UNAVAILABLE, "no server knows a leader (an election may be under way); retry shortly"
+    )
+
+
+def _node(invocation, node_id, who):
+    """
+    The configured L{NodeAddress} of C{node_id}.
+
+    @param who: how to name it in the error (C{"node 4 (the leader)"}).
+    @raise ChatError: (C{unknown_node}) if the configuration lacks it.
+    """
+    for node in invocation.nodes:
+        if node.id == node_id:
+            return node
+    raise ChatError(
+        UNKNOWN_NODE,
+        "{} is not in {}, so its peer port is unknown; add it to the file's nodes".format(
+            who, invocation.args.config or "the configuration"
+        ),
+    )
+
+
+async def _admin_call(reactor, invocation, admin, server, command, **kwargs):
+    """
+    Call an admin command on the peer port of C{server} (a L{NodeAddress}).
+
+    @return: the answer (C{ok}, C{error}).
+    @raise ServerUnreachable: if there is no answer.
+    """
+    try:
+        answer = await admin(
+            reactor,
+            server.host,
+            server.peer_port,
+            invocation.key,
+            command,
+            timeout=invocation.args.timeout,
+            **kwargs,
+        )
+    except AdminCallFailed as e:
+        raise ServerUnreachable("node {}: {}".format(server.id, e))
+    if not isinstance(answer, dict):
+        raise ChatError(REFUSED, "node {} gave a malformed answer".format(server.id))
+    return answer
+
+
+def _refusal(node_id, answer):
+    reason = answer.get("error") or "no reason given"
+    return ChatError(REFUSED, "node {} refused: {}".format(node_id, reason))
+
+
+def _is_not_leader(answer):
+    # The peer port answers with a sentence only ("node 2 is not the
+    # leader"); a code, if a server sends one, says it better.
+    if answer.get("code") is not None:
+        return answer["code"] == NOT_LEADER
+    return "not the leader" in str(answer.get("error", ""))
+
+
+async def _named_leader(reactor, invocation, node, answer, query):
+    """
+    The leader that C{node}, which refused as not the leader, names: the
+    answer's C{leader} if it has one, else the one its C{hello} names.
+    """
+    named = _leader_id(answer.get("leader"))
+    if named is not None:
+        return named
+    try:
+        hello = await query(reactor, node.host, node.client_port, "hello")
+    except (ChatError, *CONNECTION_ERRORS):
+        return None
+    return _leader_id(hello.get("leader")) if isinstance(hello, dict) else None
+
+
+async def run_leave(reactor, invocation, query, admin):
+    """
+    C{leave ID}: find the leader, ask it (its peer port) to remove ID; if it
+    is no longer the leader, ask once more at the leader it names.
+
+    @return: the result (C{node}, C{left}, C{leader}).
+    """
+    target = invocation.args.node
+    leader = await find_leader(reactor, invocation.addresses, query)
+    for attempt in range(2):
+        node = _node(invocation, leader, "node {} (the leader)".format(leader))
+        answer = await _admin_call(reactor, invocation, admin, node, Leave, node=target)
+        if answer.get("ok"):
+            return {"node": target, "left": True, "leader": leader}
+        if attempt or not _is_not_leader(answer):
+            raise _refusal(leader, answer)
+        named = await _named_leader(reactor, invocation, node, answer, query)
+        if named is None or named == leader:
+            raise ChatError(
+                UNAVAILABLE,
+                "node {} is not the leader and names no other; retry shortly".format(leader),
+            )
+        leader = named
+
+
+async def run_force_lead(reactor, invocation, admin):
+    """
+    C{force-lead ID}: tell server ID (its peer port) to lead without the
+    missing members of its last live set.
+
+    @return: the result (C{node}, C{forced}).
+    """
+    target = invocation.args.node
+    node = _node(invocation, target, "node {}".format(target))
+    answer = await _admin_call(reactor, invocation, admin, node, ForceLead)
+    if not answer.get("ok"):
+        raise _refusal(target, answer)
+    return {"node": target, "forced": True}
+
+
 def _print_json(value, out):
     print(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True), file=out)
 
 
 async def main(
-    reactor, invocation, out=sys.stdout, err=sys.stderr, make_client=ChatClient, query=query_node
+    reactor,
+    invocation,
+    out=sys.stdout,
+    err=sys.stderr,
+    make_client=ChatClient,
+    query=query_node,
+    admin=admin_call,
 ):
     """
     Carry out a prepared command line.
 
+    @param make_client: makes the L{ChatClient} of the chat operations.
+    @param query: L{query_node}, for C{hello}, C{cluster} and C{status}.
+    @param admin: L{admin_call}, for C{leave} and C{force-lead}.
     @return: the exit status.
     """
     args = invocation.args
@@ -351,6 +572,10 @@ async def main(
             return 0
         if args.command in ("hello", "cluster"):
             result = await ask_first(reactor, invocation.addresses, args.command, query)
+        elif args.command == "leave":
+            result = await run_leave(reactor, invocation, query, admin)
+        elif args.command == "force-lead":
+            result = await run_force_lead(reactor, invocation, admin)
         else:
             client = make_client(invocation.addresses, reactor, timeout=args.timeout)
             result = await run_operation(client, invocation)
@@ -365,18 +590,60 @@ async def main(
     return 0
 
 
+def _silence_stdout():
+    """
+    Point standard output at C{/dev/null}, so that nothing more written to
+    it (Python flushes it at exit) fails again.
+    """
+    try:
+        fileno = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return  # not a real file: nothing will complain at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fileno)
+    finally:
+        os.close(devnull)
+
+
+async def _main_or_broken_pipe(reactor, invocation, main=main):
+    """
+    L{main}; a reader that went away (C{replichat status | head -1}) makes
+    the status 1, without a traceback.
+    """
+    try:
+        return await main(reactor, invocation)
+    except BrokenPipeError:
+        _silence_stdout()
+        return 1
+
+
 def _react_main(reactor, invocation):
     def exit_with(code):
         if code:
             raise SystemExit(code)
 
-    return Deferred.fromCoroutine(main(reactor, invocation)).addCallback(exit_with)
+    running = _main_or_broken_pipe(reactor, invocation)
+    return Deferred.fromCoroutine(running).addCallback(exit_with)
 
 
 def run(argv=None):
     """
     The console script's entry point.
     """
+    try:
+        try:
+            _run(argv)
+        finally:
+            # Flushed here rather than at exit, where a failure could only
+            # be reported as "Exception ignored".
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        sys.exit(1)
+
+
+def _run(argv):
     try:
         invocation = prepare(sys.argv[1:] if argv is None else argv)
     except ConfigError as e:
