@@ -1255,12 +1255,20 @@ class Node:
         Take silent followers out of the live set and put caught-up ones
         back (or promote caught-up learners), one change at a time.
         """
-        if self.role != LEADER or self._config_pending() or self.stopped:
+        if self.role != LEADER or self.stopped:
             return
+        if any(command.get("op") == "config" for command, _, _ in self._batch):
+            return  # the newest configuration is not in the log yet
         cluster = self.cluster
         down = [p for p in cluster.live if p != self.node_id and self._is_down(p)]
         if down:
+            # Even while a change of ours is pending: it may be waiting for
+            # exactly these members, and would never commit otherwise.
+            # Commit waits for every live member, not a majority, so two
+            # successive removals cannot commit anything the other misses.
             self._change_config(cluster.without_live(down), "nodes %s are down" % (sorted(down),))
+            return
+        if self._config_pending():
             return
         for peer in sorted(cluster.members):
             if peer == self.node_id or peer in cluster.live:

@@ -270,6 +270,24 @@ class FailoverTests(ClusterTestCase):
             self.assertEqual(names(survivor), written, order)
             self.assertEqual(sorted(survivor.cluster.live), [survivor.node_id])
 
+    def test_follower_dies_during_live_set_change(self):
+        """
+        A second follower dies before it acknowledged the change that takes
+        out the first: the leader takes it out too rather than wait forever
+        for a change that needs it.
+        """
+        cluster = self.cluster()
+        cluster.start_all()
+        leader = self.elect(cluster)
+        self.write(cluster, "w0")
+        cluster.network.drop = lambda src, dst, m: src == 1 and isinstance(m, AppendReply)
+        cluster.crash(2)
+        cluster.run_until(lambda: 2 not in leader.cluster.live, 1.0)
+        cluster.crash(1)
+        cluster.network.drop = None
+        self.assertEqual(self.write(cluster, "w1").result, {"username": "w1"})
+        self.assertEqual(sorted(leader.cluster.live), [3])
+
     def test_failover_is_fast_when_the_port_refuses(self):
         """
         A killed leader's port refuses connections, so its followers elect a
