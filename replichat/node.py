@@ -229,6 +229,8 @@ class Node:
         self._election_started = 0.0
         self._leader_heard = 0.0
         self._matched = 0  # as a follower: my log matches the leader's to here
+        self._leader_commit = 0  # as a follower: the leader's commit index
+        self._voted = (0, 0)  # (epoch, leader) as durable in the meta file
         self._last_tick: float | None = None
         self._marker_index: int | None = None
         self._batch: list[tuple[dict, bytes, Deferred | None]] = []
@@ -991,8 +993,6 @@ class Node:
         self._maybe_snapshot()
 
     # -- the commit path (follower) ------------------------------------------------
-
-    _leader_commit = 0
 
     def _on_Append(self, peer: int, message: Append) -> None:
         if not self._accept_leader(peer, message.epoch):
