@@ -107,6 +107,9 @@ RETRY_MAX_DELAY = 1.0
 #: Connect timeout of a dialer's attempts, and of the accepting side's probe.
 CONNECT_TIMEOUT = 2.0
 PROBE_TIMEOUT = 0.5
+#: How many times, and how often, to probe a peer whose connection was lost.
+PROBE_ATTEMPTS = 5
+PROBE_INTERVAL = 0.05
 
 #: The key used when the configuration names no secret file.  It is
 #: public, so it authenticates nothing; L{key_is_default} tells the caller
@@ -867,14 +870,21 @@ class PeerNetwork(Service):
         if not protocol.dialer and pid in self._peers and not self._stopping:
             self._probe(pid)
 
-    def _probe(self, pid):
+    def _probe(self, pid, attempts=PROBE_ATTEMPTS):
+        if pid not in self._peers or pid in self._current or self._stopping:
+            return
         host, port = self._peers[pid]
         endpoint = _client_endpoint(self._reactor, host, port, PROBE_TIMEOUT, None)
         probe = connectProtocol(endpoint, Protocol())
         self._probes.add(probe)
 
         def connected(protocol):
-            protocol.transport.abortConnection()  # something listens: alive
+            protocol.transport.abortConnection()  # something listens: alive?
+            # A dying process's kernel may still accept on its listening
+            # socket for a moment after its connections closed; look again
+            # shortly, until the peer redials or the port refuses.
+            if attempts > 1:
+                self._reactor.callLater(PROBE_INTERVAL, self._probe, pid, attempts - 1)
 
         def failed(failure):
             failure.trap(
