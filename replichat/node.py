@@ -967,7 +967,8 @@ class Node:
                 progress.probe_sent_at = None
                 progress.next = message.index + 1
             self._advance_commit()
-            self._check_live_set()
+            if peer not in self.cluster.live:
+                self._check_live_set()  # it may have caught up: put it back
         else:
             progress.probing = True
             progress.probe_sent_at = None

@@ -22,7 +22,7 @@ import traceback
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -245,14 +245,10 @@ class ChatServer(MultiService):
         self.node.shutdown()
         if self.ticker.running:
             self.ticker.stop()
-        stopped = []
         if self.port is not None:
             port, self.port = self.port, None
-            stopped.append(port.stopListening())
-        d = Deferred()
-        self.reactor.callLater(0.05, d.callback, None)
-        d.addCallback(lambda _: super(ChatServer, self).stopService())
-        return d
+            port.stopListening()  # fires at once for a TCP port
+        return deferLater(self.reactor, 0.05, super().stopService)
 
     def _fatal(self, reason: str) -> None:
         # Nothing more may be acknowledged, and a failed fsync cannot be
