@@ -17,6 +17,25 @@ from typing import Iterable, Mapping
 from attrs import frozen
 
 
+#: Epochs are C{round * EPOCH_STRIDE + leader id}, so two servers never
+#: lead the same epoch, not even on two sides of a partition: an (index,
+#: epoch) pair names one entry everywhere, which log matching relies on,
+#: and ids named after an entry's origin (L{replichat.state.origin_id}) are
+#: unique.  Server ids are therefore at most C{MAX_NODE_ID}.
+EPOCH_STRIDE = 1000
+MAX_NODE_ID = EPOCH_STRIDE - 1
+
+
+def next_epoch(seen: int, node: int) -> int:
+    """
+    The epoch C{node} takes to lead after having seen epochs up to C{seen}:
+    the next round, in C{node}'s own residue.
+    """
+    if not 1 <= node <= MAX_NODE_ID:
+        raise ValueError("server ids run from 1 to %d, not %d" % (MAX_NODE_ID, node))
+    return (seen // EPOCH_STRIDE + 1) * EPOCH_STRIDE + node
+
+
 @frozen(order=True)
 class Rank:
     """

@@ -25,6 +25,11 @@ The model (docs/replication.rst tells it at length):
     entries.  Only a member of the newest live set may lead.
   - A new leader first commits a marker entry in its epoch, which also
     commits whatever its predecessor left; until then it serves nothing.
+  - Under a partition both sides may commit.  When it heals, a server whose
+    log diverges from the leader's hands the client commands it must cut
+    to the leader, which commits them again (L{replichat.merge}); only
+    entries known to be on every member are ever compacted away, so the
+    divergent ones are still in the log to be handed in.
 """
 
 from __future__ import annotations
@@ -34,11 +39,12 @@ import time
 from typing import Callable
 
 from attrs import define, field
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from replichat import election, errors
+from replichat import election, errors, failpoints, merge
 from replichat.entries import CorruptSnapshot, Entry, Snapshot
 from replichat.errors import ChatError
 from replichat.jsonwire import COMPACT, DECODER
@@ -57,6 +63,8 @@ from replichat.peermessages import (
     Join,
     JoinReply,
     Leaving,
+    Repropose,
+    ReproposeReply,
     SnapshotChunk,
     SnapshotReply,
     TimeoutNow,
@@ -245,6 +253,14 @@ class Node:
         self._bytes_since_snapshot = 0
         self._snapshotting = False
         self._snapshot_retry_at = 0.0
+        # Entries up to here are on every member: no partition can make
+        # them diverge, so only they may be compacted away.
+        self._stable = 0
+        # Client commands cut from a divergent log, durable in the meta
+        # file until a leader has committed them again (replichat.merge).
+        self._orphans: list[dict] = []
+        self._orphans_sent_at: float | None = None
+        self._orphans_in_flight: dict[tuple, Deferred] = {}
 
     # -- start-up ------------------------------------------------------------
 
@@ -264,6 +280,12 @@ class Node:
                 % (owner, self.node_id)
             )
         self.epoch = max(document.get("epoch", 0), self.disk_log.last_epoch)
+        self._orphans = list(document.get("orphans", []))
+        if self._orphans:
+            self.log.info(
+                "{count} commands from a healed partition wait to be re-proposed",
+                count=len(self._orphans),
+            )
         self._voted = (document.get("epoch", 0), document.get("leader", 0))
         if self._joining is not None:
             if self.state.cluster is not None or self._configs:
@@ -533,6 +555,7 @@ class Node:
         heartbeat = self._heartbeat()
         for peer in self._peers:
             self.network.send(peer, heartbeat)
+        self._hand_in_orphans(now)
         if self.role == LEADER:
             self._check_live_set()
             for peer, progress in self._progress.items():
@@ -666,8 +689,11 @@ class Node:
             peer: election.PeerView(heard=state.heard, down=self._is_down(peer))
             for peer, state in self._peers.items()
         }
+        # The planted bug lets a server lead without waiting for the
+        # members it has not heard from since it started.
+        forced = self.forced or failpoints.on(failpoints.STALE_LEADER_AFTER_RESTART)
         winner = election.outcome(
-            self.node_id, self._rank(), self.cluster.live, self._answers, peers, self.forced
+            self.node_id, self._rank(), self.cluster.live, self._answers, peers, forced
         )
         if winner == self.node_id:
             self._become_leader()
@@ -705,7 +731,7 @@ class Node:
 
     def _become_leader(self) -> None:
         seen = [self.epoch] + [s.status.epoch for s in self._peers.values() if s.status]
-        epoch = max(seen) + 1
+        epoch = election.next_epoch(max(seen), self.node_id)
         try:
             self._save_epoch(epoch, self.node_id)
         except OSError as error:
@@ -910,7 +936,14 @@ class Node:
         prev = entries[0].index - 1
         self.network.send(
             peer,
-            Append(self.epoch, prev, self.disk_log.epoch_at(prev), tuple(entries), self.commit_index),
+            Append(
+                self.epoch,
+                prev,
+                self.disk_log.epoch_at(prev),
+                tuple(entries),
+                self.commit_index,
+                self._stable,
+            ),
         )
         progress.inflight.append(entries[-1].index)
         progress.next = entries[-1].index + 1
@@ -940,7 +973,10 @@ class Node:
             prev = progress.next - 1
             progress.probe_sent_at = self.clock.seconds()
             self.network.send(
-                peer, Append(self.epoch, prev, self.disk_log.epoch_at(prev), (), self.commit_index)
+                peer,
+                Append(
+                    self.epoch, prev, self.disk_log.epoch_at(prev), (), self.commit_index, self._stable
+                ),
             )
             return
         last = self.disk_log.last_index
@@ -979,11 +1015,19 @@ class Node:
     def _advance_commit(self) -> None:
         if self.role != LEADER:
             return
-        index = self.disk_log.synced_index
-        for peer in self.cluster.live:
+        cluster = self.cluster
+        synced = self.disk_log.synced_index
+        index = stable = synced
+        for peer in cluster.members:
             if peer != self.node_id:
                 progress = self._progress.get(peer)
-                index = min(index, progress.match if progress else 0)
+                match = progress.match if progress else 0
+                stable = min(stable, match)
+                if peer in cluster.live and not failpoints.on(
+                    failpoints.ACK_BEFORE_FOLLOWERS_FSYNC
+                ):
+                    index = min(index, match)
+        self._stable = max(self._stable, min(stable, self.commit_index))
         if index <= self.commit_index:
             return
         # Only an entry of this epoch commits by being everywhere (Raft's
@@ -1019,7 +1063,13 @@ class Node:
             if new or entry.index > log.last_index:
                 new.append(entry)
             elif log.epoch_at(entry.index) != entry.epoch:
+                if failpoints.on(failpoints.SKIP_SUFFIX_TRUNCATION):
+                    continue  # the planted bug: keep our divergent entry
                 if not self._truncate_after(entry.index - 1):
+                    return
+                if log.last_index < entry.index - 1:
+                    # Rolled back to nothing: the leader must start over.
+                    self.network.send(peer, AppendReply(self.epoch, False, log.last_index))
                     return
                 new.append(entry)
         try:
@@ -1031,38 +1081,184 @@ class Node:
         self._note_appended(new)
         self._matched = entries[-1].index if entries else max(self._matched, prev)
         self._leader_commit = max(self._leader_commit, message.commit_index)
+        self._stable = max(self._stable, min(message.stable, self._matched))
         self._pending_replies.append(self._matched)
         self._schedule_sync()
 
     def _backtrack(self, prev: int) -> int:
         # The epoch at prev differs: every entry of that epoch here is
-        # suspect, so ask the leader to try before it (never before what
-        # this node knows committed).
+        # suspect, so ask the leader to try before it.  That may go below
+        # this node's commit index (a healed partition), never below what
+        # it compacted, which is on every member.
         log = self.disk_log
         epoch = log.epoch_at(prev)
         index = prev
-        while index > max(self.commit_index, log.base_index) and log.epoch_at(index) == epoch:
+        while index > log.base_index and log.epoch_at(index) == epoch:
             index -= 1
         return index
 
     def _truncate_after(self, index: int) -> bool:
-        if index < self.commit_index:
-            self._fail(
-                "the leader's log diverges at %d, below the commit index %d"
-                % (index + 1, self.commit_index)
-            )
-            return False
-        self.log.info("dropping the divergent log suffix after {index}", index=index)
+        """
+        Cut the log after C{index}, where it diverges from the leader's,
+        handing the client commands cut to the leader (L{replichat.merge}).
+        """
+        log = self.disk_log
+        found = merge.orphans(self._decoded(index + 1, log.last_index))
+        below = index < self.commit_index
+        (self.log.warn if below else self.log.info)(
+            "the leader's log diverges after {index} (commit index {commit}); "
+            "cutting {cut} entries, {orphans} commands to re-propose",
+            index=index,
+            commit=self.commit_index,
+            cut=log.last_index - index,
+            orphans=len(found),
+        )
         try:
-            self.disk_log.truncate_after(index)
+            if found:
+                self._save_orphans(self._orphans + found)  # durable before they go
+            log.truncate_after(index)
         except OSError as error:
             self._fail("truncating the log failed: %s" % (error,))
             return False
+        if below:
+            return self._roll_back(index)
         dropped = [i for i, _ in self._configs if i > index]
         self._configs = [(i, c) for i, c in self._configs if i <= index]
         if dropped:
             self._membership_changed()
         return True
+
+    def _decoded(self, start: int, end: int):
+        """
+        The entries from C{start} to C{end} with their commands.
+        """
+        while start <= end:
+            entries = self.disk_log.read(start, end + 1, max_bytes=REPLAY_CHUNK_BYTES)
+            for entry in entries:
+                yield entry, decode_command(entry.data)
+            start = entries[-1].index + 1
+
+    def _roll_back(self, index: int) -> bool:
+        """
+        Rebuild the state from before C{index}, after a healed partition
+        cut committed entries: from a snapshot no newer than C{index} plus
+        the log, or from nothing (the leader then sends a snapshot).
+        """
+        for kept in self.snapshots.indexes():
+            if kept > index:
+                # It holds cut entries; never start from it again.
+                self.snapshots.quarantine(kept)
+        try:
+            state = self._load_snapshot()
+        except RecoveryError:
+            state = None
+        try:
+            if state is None:
+                self.disk_log.reset(0, 0)
+                state = ChatState()
+        except OSError as error:
+            self._fail("resetting the log failed: %s" % (error,))
+            return False
+        self.state = state
+        self.commit_index = self._snapshot_index = state.applied_index
+        self._matched = min(self._matched, self.disk_log.last_index)
+        self._bytes_since_snapshot = 0
+        self._configs = self._scan_configs(self.commit_index + 1)
+        self._membership_changed()
+        return True
+
+    # -- re-proposing what a healed partition cut (replichat.merge) ------------------
+
+    def _save_orphans(self, orphans: list[dict]) -> None:
+        unique = {merge.key(c): c for c in orphans}
+        document = self.meta.load()
+        self.meta.save({**document, "node": self.node_id, "orphans": list(unique.values())})
+        self._orphans = list(unique.values())
+
+    def _forget_orphans(self, keys) -> None:
+        keys = set(keys)
+        left = [c for c in self._orphans if merge.key(c) not in keys]
+        if len(left) != len(self._orphans):
+            try:
+                self._save_orphans(left)
+            except OSError as error:
+                # Kept in memory and on disk: re-proposing again is harmless.
+                self.log.warn("could not forget re-proposed commands: {error}", error=error)
+
+    def _hand_in_orphans(self, now: float) -> None:
+        """
+        Get this node's orphans committed: proposed if it serves, sent to
+        its leader otherwise (again each failure timeout until answered).
+        """
+        if not self._orphans:
+            return
+        if self.serving:
+            self._commit_orphans(self._orphans).addCallback(
+                lambda done: self._forget_orphans(done)
+            )
+        elif self.role in (FOLLOWER, LEARNER) and self.leader_id:
+            sent = self._orphans_sent_at
+            if sent is None or now - sent > self.timing.failure_timeout:
+                self._orphans_sent_at = now
+                self.network.send(
+                    self.leader_id, Repropose(self.epoch, COMPACT.encode(self._orphans).encode())
+                )
+
+    def _commit_orphans(self, commands: list[dict]) -> Deferred:
+        """
+        Propose each command not already on its way.
+
+        @return: a Deferred firing with the keys of those committed, once
+            all are, or never if this node loses the leadership first.
+        """
+        waits = []
+        for command in commands:
+            key = merge.key(command)
+            d = self._orphans_in_flight.get(key)
+            if d is None:
+                d = self._orphans_in_flight[key] = Deferred()
+                d.addBoth(self._orphan_done, key)
+                self._propose(command, d)
+            done: Deferred = Deferred()
+            d.addBoth(_fire_with_success, done)
+            waits.append(done)
+        keys = [merge.key(c) for c in commands]
+        all_done = Deferred()
+
+        def check(results: list) -> None:
+            if all(results):
+                all_done.callback(keys)
+
+        gather = _gather(waits)
+        gather.addCallback(check)
+        return all_done
+
+    def _orphan_done(self, result: object, key: tuple) -> None:
+        # Committed, or lost with the leadership: either way the next
+        # hand-in may propose it again (the rid makes that harmless).
+        self._orphans_in_flight.pop(key, None)
+
+    def _on_Repropose(self, peer: int, message: Repropose) -> None:
+        if self.role != LEADER or message.epoch != self.epoch:
+            return
+        commands = DECODER.decode(message.commands.decode())
+        self.log.info(
+            "node {peer} hands in {count} commands cut by a healed partition",
+            peer=peer,
+            count=len(commands),
+        )
+        self._commit_orphans(commands).addCallback(
+            lambda keys: self.network.send(
+                peer, ReproposeReply(self.epoch, COMPACT.encode(keys).encode())
+            )
+        )
+
+    def _on_ReproposeReply(self, peer: int, message: ReproposeReply) -> None:
+        if peer != self.leader_id:
+            return
+        keys = [tuple(k) for k in DECODER.decode(message.origins.decode())]
+        self._orphans_sent_at = None
+        self._forget_orphans(keys)
 
     def _advance_follower_commit(self, leader_commit: int) -> None:
         self._leader_commit = max(self._leader_commit, leader_commit)
@@ -1175,18 +1371,22 @@ class Node:
             if start in waiting:
                 # This leader's own proposal: the command is at hand.
                 command, d, size = waiting.pop(start)
-                self._apply_one(start, command, size, d)
+                self._apply_one(start, self.epoch, command, size, d)
                 applied += 1
                 continue
             for entry in self.disk_log.read(start, index + 1, max_bytes=REPLAY_CHUNK_BYTES):
                 if entry.index in waiting:
                     break
-                self._apply_one(entry.index, decode_command(entry.data), len(entry.data), None)
+                self._apply_one(
+                    entry.index, entry.epoch, decode_command(entry.data), len(entry.data), None
+                )
                 applied += 1
         return applied
 
-    def _apply_one(self, index: int, command: dict, size: int, d: Deferred | None) -> None:
-        outcome = self.state.apply(index, command)
+    def _apply_one(
+        self, index: int, epoch: int, command: dict, size: int, d: Deferred | None
+    ) -> None:
+        outcome = self.state.apply(index, command, epoch)
         self.commit_index = index
         self._bytes_since_snapshot += size
         self._publish(outcome)
@@ -1397,7 +1597,9 @@ class Node:
             self._snapshot_index = index
             kept = self.snapshots.indexes()
             if len(kept) >= 2:
-                self.disk_log.compact(min(kept[1], self.commit_index))
+                # Never past what is on every member: an entry a partition
+                # may yet make divergent must stay, to be handed in.
+                self.disk_log.compact(min(kept[1], self.commit_index, self._stable))
             self.log.info("snapshot at {index} written", index=index)
 
         def failed(failure) -> None:
@@ -1466,3 +1668,19 @@ class Node:
         if member is None:
             return None
         return leader, member
+
+
+def _fire_with_success(result: object, done: Deferred) -> object:
+    """
+    Fire C{done} with whether C{result} is a success; pass C{result} on.
+    """
+    done.callback(not isinstance(result, Failure))
+    return None if isinstance(result, Failure) else result
+
+
+def _gather(deferreds: list[Deferred]) -> Deferred:
+    """
+    A Deferred firing with the list of results of C{deferreds}, which never
+    fail.
+    """
+    return gatherResults(deferreds) if deferreds else succeed([])

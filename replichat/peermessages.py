@@ -91,6 +91,11 @@ class Append:
     """
     Entries after (C{prev_index}, C{prev_epoch}) in the leader's log, and the
     leader's commit index.  With no entries it probes where the logs match.
+
+    @ivar stable: the leader knows every entry up to here is on every
+        member, so no partition can make it diverge: only those may be
+        compacted away (a divergent entry must still be in the log, to be
+        re-proposed).
     """
 
     epoch: int
@@ -98,6 +103,7 @@ class Append:
     prev_epoch: int
     entries: tuple[Entry, ...]
     commit_index: int
+    stable: int = 0
 
 
 @frozen
@@ -197,6 +203,33 @@ class TimeoutNow:
     epoch: int
 
 
+@frozen
+class Repropose:
+    """
+    A server whose log diverged from the leader's (the two sides of a
+    partition both committed) hands the leader the client commands it had
+    to cut, to be committed again under their request ids.
+
+    @ivar commands: a JSON array of the commands, each with its C{origin}.
+    """
+
+    epoch: int
+    commands: bytes
+
+
+@frozen
+class ReproposeReply:
+    """
+    The leader committed these re-proposed commands; the sender may forget
+    them.
+
+    @ivar origins: a JSON array of their C{origin}s, C{[epoch, index]}.
+    """
+
+    epoch: int
+    origins: bytes
+
+
 MESSAGE_TYPES = (
     Heartbeat,
     Election,
@@ -210,4 +243,6 @@ MESSAGE_TYPES = (
     JoinReply,
     Leaving,
     TimeoutNow,
+    Repropose,
+    ReproposeReply,
 )

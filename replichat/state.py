@@ -12,6 +12,14 @@ rebuilds it exactly.
 A message is addressed to an account's uid, which is never reused, so mail
 can never reach a later account that took a freed name.
 
+Uids and message ids are named after the log entry that first created them,
+its I{origin} (epoch, index), as C{epoch * ORIGIN_BASE + index}.  Epochs
+are unique to one leader (see L{replichat.election.next_epoch}), so two
+sides of a partition never give one id to different things, and an entry
+re-proposed after a partition heals (its command then carries C{origin}
+and C{merged}) creates the same ids it created on the losing side: a
+client that saw them there can still use them.
+
 Each message is stored once, in C{ChatState.messages}; accounts hold only
 ids.  Reading always takes the oldest unread messages first, so an account's
 unread messages are an ordered subset of its inbox; both are insertion
@@ -32,7 +40,7 @@ from typing import NamedTuple
 
 from attrs import define, field, frozen
 
-from replichat import errors
+from replichat import errors, failpoints
 from replichat.errors import ChatError
 from replichat.jsonwire import COMPACT, DECODER
 from replichat.statecodec import decode_state, encode_state
@@ -45,6 +53,16 @@ RID_CAPACITY = 100_000
 
 #: Sessions kept per account; logging in again evicts the oldest.
 SESSIONS_PER_ACCOUNT = 32
+
+#: Ids are C{epoch * ORIGIN_BASE + index} of the creating entry.
+ORIGIN_BASE = 10**10
+
+
+def origin_id(epoch: int, index: int) -> int:
+    """
+    The uid or message id created by the entry at (C{epoch}, C{index}).
+    """
+    return epoch * ORIGIN_BASE + index
 
 
 class Message(NamedTuple):
@@ -150,26 +168,30 @@ class ChatState:
 
     def __init__(self) -> None:
         self.applied_index = 0
-        self.next_uid = 1
-        self.next_message_id = 1
         self.accounts: dict[int, Account] = {}
         self.messages: dict[int, tuple] = {}  # id -> the fields of a Message
         self.uids_by_name: dict[str, int] = {}
         self.sorted_names: list[str] = []
         self.sessions: dict[str, int] = {}
         self.rids: OrderedDict[str, tuple] = OrderedDict()
+        # Accounts whose inbox or sent messages are not in id order, because
+        # a message merged after a partition kept its older id: their
+        # history is sorted instead of merged.  Derived, not snapshotted.
+        self.out_of_order: set[int] = set()
         # The newest committed cluster configuration (the JSON form of
         # replichat.membership.ClusterConfig), None before the first.
         self.cluster: dict | None = None
 
     # -- applying entries ---------------------------------------------------
 
-    def apply(self, index: int, command: dict) -> Outcome:
+    def apply(self, index: int, command: dict, epoch: int = 0) -> Outcome:
         """
         Apply the command of the entry at C{index}.
 
         @param index: must be C{applied_index + 1}.
         @param command: the decoded entry (see L{replichat.commands}).
+        @param epoch: the entry's epoch, which with C{index} names the ids
+            it creates, unless the command carries its C{origin}.
         """
         if index != self.applied_index + 1:
             raise ValueError(
@@ -177,13 +199,15 @@ class ChatState:
             )
         self.applied_index = index
         rid = command.get("rid")
-        if rid is not None:
+        if rid is not None and not failpoints.on(failpoints.FORGET_RID_DEDUPE):
             remembered = self.rids.get(rid)
             if remembered is not None:
                 return self._repeat(command, remembered)
         handler = getattr(self, "_apply_" + command["op"])
+        origin = command.get("origin")
+        new_id = origin_id(*origin) if origin is not None else origin_id(epoch, index)
         try:
-            outcome = handler(command)
+            outcome = handler(command, new_id)
         except ChatError as error:
             outcome = Outcome(error=error)
         if rid is not None:
@@ -214,27 +238,35 @@ class ChatState:
         while len(self.rids) > RID_CAPACITY:
             self.rids.popitem(last=False)
 
-    def _apply_noop(self, command: dict) -> Outcome:
+    def _apply_noop(self, command: dict, new_id: int) -> Outcome:
         return _ok({})
 
-    def _apply_config(self, command: dict) -> Outcome:
+    def _apply_config(self, command: dict, new_id: int) -> Outcome:
         # Membership is the replication layer's business; the state only
         # keeps the newest configuration so that snapshots carry it.
         self.cluster = command["cluster"]
         return _ok({})
 
-    def _apply_create_account(self, command: dict) -> Outcome:
+    def _apply_create_account(self, command: dict, uid: int) -> Outcome:
         name = command["username"]
+        if uid in self.accounts:
+            return _ok({"username": self.accounts[uid].username})  # merged twice
         if name in self.uids_by_name:
-            raise ChatError(errors.USERNAME_TAKEN, "username %r is taken" % (name,))
-        uid = self.next_uid
-        self.next_uid += 1
+            if not command.get("merged"):
+                raise ChatError(errors.USERNAME_TAKEN, "username %r is taken" % (name,))
+            # Both sides of a partition gave the name away.  The account was
+            # acknowledged on the losing side and has mail there, so it is
+            # kept, under the first free name "<name>~2", "<name>~3"...
+            suffix = 2
+            while "%s~%d" % (name, suffix) in self.uids_by_name:
+                suffix += 1
+            name = "%s~%d" % (name, suffix)
         self.accounts[uid] = Account(uid, name, command["password"], command["ts"])
         self.uids_by_name[name] = uid
         bisect.insort(self.sorted_names, name)
         return _ok({"username": name})
 
-    def _apply_login(self, command: dict) -> Outcome:
+    def _apply_login(self, command: dict, new_id: int) -> Outcome:
         account = self._account(command["who"])
         sessions = account.sessions
         sessions[command["token_hash"]] = command["ts"]
@@ -245,19 +277,21 @@ class ChatState:
             del self.sessions[oldest]
         return _ok({"username": account.username, "unread": len(account.unread)})
 
-    def _apply_logout(self, command: dict) -> Outcome:
+    def _apply_logout(self, command: dict, new_id: int) -> Outcome:
         uid = self.sessions.pop(command["token_hash"], None)
         if uid is not None:
             self.accounts[uid].sessions.pop(command["token_hash"], None)
         return _ok({})
 
-    def _apply_send(self, command: dict) -> Outcome:
+    def _apply_send(self, command: dict, message_id: int) -> Outcome:
         sender = self._account(command["who"])
         recipient = self.accounts.get(command["to"])
         if recipient is None:
             raise ChatError(errors.NO_SUCH_USER, "the recipient no longer exists")
+        if message_id in self.messages:
+            return _ok({"message": self.message(message_id).to_wire()})  # merged twice
         message = Message(
-            self.next_message_id,
+            message_id,
             sender.uid,
             sender.username,
             recipient.uid,
@@ -265,15 +299,17 @@ class ChatState:
             command["text"],
             float(command["ts"]),  # snapshots store times as doubles
         )
-        self.next_message_id += 1
         self.messages[message.id] = tuple(message)
+        for uid, ids in ((recipient.uid, recipient.inbox), (sender.uid, sender.sent)):
+            if ids and next(reversed(ids)) > message_id:
+                self.out_of_order.add(uid)
         recipient.inbox[message.id] = None
         recipient.unread[message.id] = None
         sender.sent[message.id] = None
         wire = message.to_wire()
         return _ok({"message": wire}, pushes=((recipient.uid, wire),))
 
-    def _apply_read(self, command: dict) -> Outcome:
+    def _apply_read(self, command: dict, new_id: int) -> Outcome:
         account = self._account(command["who"])
         taken = list(islice(account.unread, command["limit"]))
         for message_id in taken:
@@ -285,11 +321,15 @@ class ChatState:
             }
         )
 
-    def _apply_delete_messages(self, command: dict) -> Outcome:
+    def _apply_delete_messages(self, command: dict, new_id: int) -> Outcome:
         account = self._account(command["who"])
         ids = command["ids"]
         missing = [i for i in ids if i not in account.inbox and i not in account.sent]
-        if missing:
+        if missing and command.get("merged"):
+            # Acknowledged on the losing side of a partition: delete what is
+            # still here (the rest may be gone with a deleted account).
+            ids = [i for i in ids if i not in missing]
+        elif missing:
             # All or nothing, and the same answer for another account's
             # message as for one that never existed: ids leak nothing.
             raise ChatError(
@@ -316,7 +356,7 @@ class ChatState:
         ):
             del self.messages[message_id]
 
-    def _apply_delete_account(self, command: dict) -> Outcome:
+    def _apply_delete_account(self, command: dict, new_id: int) -> Outcome:
         account = self._account(command["who"])
         del self.accounts[account.uid]
         del self.uids_by_name[account.username]
@@ -398,7 +438,12 @@ class ChatState:
         those exchanged with C{with_uid} and those older than C{before}.
         """
         account = self.accounts[uid]
-        newest_first = heapq.merge(reversed(account.inbox), reversed(account.sent), reverse=True)
+        if uid in self.out_of_order:
+            newest_first = iter(sorted({*account.inbox, *account.sent}, reverse=True))
+        else:
+            newest_first = heapq.merge(
+                reversed(account.inbox), reversed(account.sent), reverse=True
+            )
         page = []
         last_id = None
         for message_id in newest_first:
@@ -431,7 +476,12 @@ class ChatState:
 
         @raise ValueError: if the data is not a snapshot of a known format.
         """
-        return decode_state(data, cls)
+        state = decode_state(data, cls)
+        for account in state.accounts.values():
+            for ids in (account.inbox, account.sent):
+                if any(a > b for a, b in zip(ids, islice(ids, 1, None))):
+                    state.out_of_order.add(account.uid)
+        return state
 
     def digest(self) -> str:
         """

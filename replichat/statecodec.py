@@ -93,8 +93,6 @@ def encode_state(state: ChatState) -> bytes:
         names.setdefault(message[to_name], len(names))
     meta = {
         "applied_index": state.applied_index,
-        "next_uid": state.next_uid,
-        "next_message_id": state.next_message_id,
         "names": list(names),
         "cluster": state.cluster,
     }
@@ -162,8 +160,6 @@ def decode_state(data: bytes, state_class: type) -> ChatState:
     meta = json.loads(bytes(sections["meta"]))
     state = state_class()
     state.applied_index = meta["applied_index"]
-    state.next_uid = meta["next_uid"]
-    state.next_message_id = meta["next_message_id"]
     state.cluster = meta.get("cluster")
     names = meta["names"]
     columns = {field: _unpacked(code, sections[name]) for name, code, field in _COLUMNS}

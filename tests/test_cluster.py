@@ -321,8 +321,9 @@ class FencingTests(ClusterTestCase):
         """
         A leader whose messages stop reaching the others (one-way) is
         replaced; its proposals meanwhile are never acknowledged, it steps
-        down on hearing the newer epoch, and its divergent entries are
-        dropped.
+        down on hearing the newer epoch, and its divergent entries are cut
+        and handed to the new leader: the unacknowledged request (its
+        outcome was unknown) is applied once.
         """
         cluster = self.cluster()
         cluster.start_all()
@@ -338,7 +339,8 @@ class FencingTests(ClusterTestCase):
         self.assertEqual(failure.value.code, "unavailable")
         self.settle(cluster, 2.0)
         self.assertConverged(cluster)
-        self.assertNotIn("stale", names(old))
+        self.assertIn("stale", names(old))
+        self.assertEqual(old._orphans, [])
 
     def test_paused_leader_acknowledges_nothing_more(self):
         """
@@ -471,24 +473,32 @@ class RestartTests(ClusterTestCase):
         self.settle(cluster)
         self.assertConverged(cluster)
 
-    def test_catch_up_by_snapshot(self):
+    def test_compaction_waits_for_every_member(self):
         """
-        A follower whose next entry the leader compacted away gets the
-        snapshot, in chunks, then the suffix.
+        While a member is down the servers snapshot but keep the log from
+        where it went down (an entry not on every member may yet diverge,
+        and must then be handed in), and catch it up by suffix; once it has
+        everything, the log is compacted.
         """
         cluster = self.cluster(snapshot_every=20)
         cluster.start_all()
         leader = self.elect(cluster)
+        self.write(cluster, "first")
+        self.settle(cluster, 0.5)
         cluster.crash(1)
+        stable = cluster.disks[1].log.last_index
         for i in range(80):
             self.write(cluster, "s%d" % (i,))
-        self.assertGreater(leader.disk_log.base_index, 2)
+        self.assertTrue(leader.snapshots.indexes())
+        self.assertLessEqual(leader.disk_log.base_index, stable)
         cluster.start(1)
         cluster.run_until(lambda: 1 in leader.cluster.live)
+        for i in range(60):
+            self.write(cluster, "t%d" % (i,))
         self.settle(cluster)
         self.assertConverged(cluster)
-        self.assertEqual(len(names(cluster.nodes[1])), 80)
-        self.assertTrue(cluster.disks[1].snapshots.indexes())
+        self.assertEqual(len(names(cluster.nodes[1])), 141)
+        self.assertGreater(leader.disk_log.base_index, 80)
 
 
 class MembershipTests(ClusterTestCase):
@@ -557,3 +567,138 @@ class MembershipTests(ClusterTestCase):
         cluster.nodes[1].shutdown()
         cluster.run(0.05)
         self.assertEqual(sorted(leader.cluster.live), [2, 3])
+
+
+class PartitionTests(ClusterTestCase):
+    """
+    Both sides of a partition may acknowledge writes (replication waits for
+    the live set, not a majority); when it heals, the losing side hands its
+    cut commands to the winner and nothing acknowledged is lost or doubled.
+    """
+
+    def commit(self, cluster, node, command):
+        d = node.propose(command)
+        cluster.run_until(lambda: d.called, 2.0)
+        return self.successResultOf(d)
+
+    def send(self, cluster, node, sender, to, text, rid):
+        state = node.state
+        return self.commit(cluster, node, {
+            "op": "send", "who": state.uids_by_name[sender],
+            "to": state.uids_by_name[to], "text": text, "ts": 2.0,
+            "rid": rid, "fp": "fp-" + rid,
+        })
+
+    def texts(self, node, name):
+        state = node.state
+        account = state.accounts[state.uids_by_name[name]]
+        return [state.message(i).text for i in account.inbox]
+
+    def split(self, cluster, minority_is_leader=True, snapshot_every=100_000):
+        cluster.start_all()
+        leader = self.elect(cluster)
+        for name in ("alice", "bob"):
+            self.write(cluster, name, rid="c-" + name)
+        self.settle(cluster, 0.5)
+        lonely = leader.node_id if minority_is_leader else min(
+            n for n in cluster.nodes if n != leader.node_id)
+        others = [n for n in cluster.nodes if n != lonely]
+        cluster.network.partition([lonely], others)
+        # Each side takes the other out of its live set and serves.
+        cluster.run_until(lambda: cluster.nodes[lonely].serving
+                          and cluster.nodes[lonely].cluster.live == {lonely}, 5.0)
+        cluster.run_until(lambda: any(cluster.nodes[n].serving for n in others), 5.0)
+        winner = next(cluster.nodes[n] for n in others if cluster.nodes[n].serving)
+        return cluster.nodes[lonely], winner
+
+    def test_heal_keeps_both_sides_writes(self):
+        """
+        An isolated leader and the majority both acknowledge sends and an
+        account each; after the heal every replica holds all of them once,
+        ids the losing side gave stay valid, and the majority's newer epoch
+        leads.
+        """
+        cluster = self.cluster()
+        lonely, winner = self.split(cluster)
+        self.assertNotEqual(lonely.epoch, winner.epoch)
+        lost_side = self.send(cluster, lonely, "alice", "bob", "from the minority", "m1")
+        create(lonely, "carol", rid="c-carol")
+        cluster.run(0.1)
+        self.send(cluster, winner, "alice", "bob", "from the majority", "w1")
+        message_id = lost_side.result["message"]["id"]
+        cluster.network.heal()
+        self.settle(cluster, 3.0)
+        self.assertConverged(cluster)
+        for node in cluster.nodes.values():
+            self.assertEqual(
+                sorted(self.texts(node, "bob")), ["from the majority", "from the minority"])
+            self.assertIn("carol", names(node))
+            self.assertEqual(node.state.message(message_id).text, "from the minority")
+            self.assertEqual(node._orphans, [])
+        self.assertEqual(cluster.leader().epoch, max(lonely.epoch, winner.epoch))
+
+    def test_name_taken_on_both_sides(self):
+        """
+        An account name given away on both sides: the losing side's account,
+        and the mail sent to it there, survive under "<name>~2".
+        """
+        cluster = self.cluster()
+        lonely, winner = self.split(cluster)
+        create(lonely, "dave", rid="l-dave")
+        cluster.run(0.1)
+        self.send(cluster, lonely, "alice", "dave", "to the minority's dave", "m2")
+        create(winner, "dave", rid="w-dave")
+        cluster.run(0.1)
+        self.send(cluster, winner, "alice", "dave", "to the majority's dave", "w2")
+        losing, winning = sorted([lonely, winner], key=lambda n: n.epoch)
+        cluster.network.heal()
+        self.settle(cluster, 3.0)
+        self.assertConverged(cluster)
+        node = cluster.leader()
+        expected = {"dave": [], "dave~2": []}
+        if winning is winner:
+            expected = {"dave": ["to the majority's dave"], "dave~2": ["to the minority's dave"]}
+        else:
+            expected = {"dave": ["to the minority's dave"], "dave~2": ["to the majority's dave"]}
+        self.assertEqual({n: self.texts(node, n) for n in expected}, expected)
+
+    def test_retry_on_the_other_side_is_applied_once(self):
+        """
+        A send acknowledged by the minority and retried (same rid) on the
+        majority is there once after the heal.
+        """
+        cluster = self.cluster()
+        lonely, winner = self.split(cluster)
+        self.send(cluster, lonely, "alice", "bob", "once", "r1")
+        self.send(cluster, winner, "alice", "bob", "once", "r1")
+        cluster.network.heal()
+        self.settle(cluster, 3.0)
+        self.assertConverged(cluster)
+        self.assertEqual(self.texts(cluster.leader(), "bob"), ["once"])
+
+    def test_losing_side_snapshot_is_not_trusted(self):
+        """
+        A losing server that snapshotted during the partition (past the
+        point where its log diverges) sets that snapshot aside, rebuilds,
+        hands its writes in, and stays right across a restart.
+        """
+        cluster = self.cluster(snapshot_every=10)
+        lonely, winner = self.split(cluster)
+        losing = lonely if lonely.epoch < winner.epoch else winner
+        for i in range(25):
+            self.send(cluster, lonely, "alice", "bob", "m%d" % (i,), "m%d" % (i,))
+        self.send(cluster, winner, "alice", "bob", "w", "w")
+        self.assertTrue(losing.snapshots.indexes())
+        cluster.network.heal()
+        self.settle(cluster, 3.0)
+        self.assertConverged(cluster)
+        expected = sorted(["w"] + ["m%d" % (i,) for i in range(25)])
+        self.assertEqual(sorted(self.texts(cluster.leader(), "bob")), expected)
+        # Restarted from disk, every server still agrees.
+        for node_id in sorted(cluster.nodes):
+            cluster.crash(node_id)
+        cluster.start_all()
+        self.elect(cluster)
+        self.settle(cluster, 2.0)
+        self.assertConverged(cluster)
+        self.assertEqual(sorted(self.texts(cluster.leader(), "bob")), expected)

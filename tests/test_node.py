@@ -17,6 +17,7 @@ from replichat.metastore import MemoryMetaStore, MetaStore
 from replichat.node import Node, RecoveryError, decode_command
 from replichat.snapshot import FileSnapshotStore
 from replichat.state import ChatState
+from replichat import election
 from replichat.testing import MemoryLog, MemorySnapshotStore
 
 PASSWORD = {"alg": "scrypt", "n": 16, "r": 8, "p": 1, "salt": "", "hash": ""}
@@ -88,7 +89,8 @@ class CommitTests(SynchronousTestCase):
         marker entry in it.
         """
         disk = Disk()
-        for expected in (1, 2, 3):
+        # Rounds 1, 2, 3, in node 1's residue (election.next_epoch).
+        for expected in (1001, 2001, 3001):
             node = disk.node(Clock())
             self.assertEqual(node.epoch, expected)
             self.assertEqual(disk.meta.document["epoch"], expected)
@@ -105,7 +107,7 @@ class CommitTests(SynchronousTestCase):
         disk.node(Clock())
         disk.node(Clock())
         disk.meta.document = {}
-        self.assertEqual(disk.node(Clock()).epoch, 3)
+        self.assertEqual(disk.node(Clock()).epoch, 3001)
 
     def test_foreign_data_dir(self) -> None:
         """
@@ -260,5 +262,5 @@ class OnDiskTests(SynchronousTestCase):
         node.disk_log.close()
         again = open_node()
         self.assertEqual(sorted(again.state.uids_by_name), sorted(node.state.uids_by_name))
-        self.assertEqual(again.epoch, node.epoch + 1)
+        self.assertEqual(again.epoch, node.epoch + election.EPOCH_STRIDE)
         self.assertGreater(again.disk_log.base_index, 0)

@@ -51,6 +51,8 @@ from replichat.peermessages import (
     Join,
     JoinReply,
     Leaving,
+    Repropose,
+    ReproposeReply,
     SnapshotChunk,
     SnapshotReply,
     TimeoutNow,
@@ -96,6 +98,8 @@ SAMPLES = [
     JoinReply(epoch=5, error="not the leader: ask node 2 \N{SNOWMAN}", leader=2),
     Leaving(epoch=5),
     TimeoutNow(epoch=6),
+    Repropose(epoch=7, commands=b'[{"op": "send", "origin": [1001, 4]}]' * 5000),
+    ReproposeReply(epoch=7, origins=b"[[1001, 4]]"),
 ]
 
 

@@ -12,7 +12,7 @@ import random
 from twisted.trial.unittest import SynchronousTestCase
 
 from replichat import errors, state as state_module
-from replichat.state import ChatState
+from replichat.state import ChatState, origin_id
 
 PASSWORD = {"alg": "scrypt", "n": 16, "r": 8, "p": 1, "salt": "c2FsdA==", "hash": "aGFzaA=="}
 
@@ -78,7 +78,7 @@ class AccountTests(SynchronousTestCase):
         self.assertEqual(outcome.error.code, errors.USERNAME_TAKEN)
         self.assertIsNone(outcome.result)
         self.assertEqual(len(d.state.accounts), 1)
-        self.assertEqual(d.state.next_uid, 2)
+        self.assertEqual(list(d.state.accounts), [1])
         self.assertNotEqual(before, d.state.to_snapshot())  # only applied_index moved
         self.assertEqual(d.state.applied_index, 2)
 
@@ -130,7 +130,9 @@ class AccountTests(SynchronousTestCase):
         bob = d.state.account_named("bob")
         self.assertEqual([d.state.message(i).text for i in bob.inbox], ["from alice"])
         d.create("alice")
-        self.assertEqual(d.uid("alice"), 3)
+        # Named after the creating entry, never reused.
+        self.assertEqual(d.uid("alice"), d.state.applied_index)
+        self.assertNotIn(d.uid("alice"), (1, 2))
         self.assertEqual(d.state.account_named("alice").inbox, {})
 
 
@@ -146,17 +148,18 @@ class MessageTests(SynchronousTestCase):
 
     def test_send_pushes(self) -> None:
         """
-        A sent message gets the next id, lands unread in the recipient's
-        inbox and is to be pushed to the recipient's uid.
+        A sent message gets an id named after its entry, lands unread in
+        the recipient's inbox and is to be pushed to the recipient's uid.
         """
         outcome = self.d.send("alice", "bob", "hi")
         message = outcome.result["message"]
+        index = self.d.state.applied_index
         self.assertEqual(
-            message, {"id": 1, "from": "alice", "to": "bob", "text": "hi", "sent_at": message["sent_at"]}
+            message, {"id": index, "from": "alice", "to": "bob", "text": "hi", "sent_at": message["sent_at"]}
         )
         self.assertEqual(message["sent_at"], self.d.ts)
-        self.assertEqual(outcome.pushes, ((2, message),))
-        self.assertEqual(list(self.d.state.account_named("bob").unread), [1])
+        self.assertEqual(outcome.pushes, ((self.d.uid("bob"), message),))
+        self.assertEqual(list(self.d.state.account_named("bob").unread), [index])
 
     def test_send_to_deleted(self) -> None:
         """
@@ -195,13 +198,13 @@ class MessageTests(SynchronousTestCase):
         """
         self.d.send("alice", "bob", "1")
         self.d.send("bob", "alice", "2")
-        self.d.send("carol", "alice", "3")
+        third = self.d.send("carol", "alice", "3").result["message"]["id"]
         self.d.send("alice", "bob", "4")
         alice, bob = self.d.uid("alice"), self.d.uid("bob")
         texts = lambda ms: [m["text"] for m in ms]
         self.assertEqual(texts(self.d.state.history(alice, None, None, 10)), ["4", "3", "2", "1"])
         self.assertEqual(texts(self.d.state.history(alice, bob, None, 10)), ["4", "2", "1"])
-        self.assertEqual(texts(self.d.state.history(alice, None, 3, 10)), ["2", "1"])
+        self.assertEqual(texts(self.d.state.history(alice, None, third, 10)), ["2", "1"])
         self.assertEqual(texts(self.d.state.history(alice, None, None, 2)), ["4", "3"])
         self.assertEqual(texts(self.d.state.history(bob, None, None, 10)), ["4", "2", "1"])
 
@@ -457,3 +460,90 @@ class SnapshotTests(SynchronousTestCase):
         A snapshot of an unknown format is refused, not misread.
         """
         self.assertRaises(ValueError, ChatState.from_snapshot, b'{"format": 99}')
+
+
+class MergeTests(SynchronousTestCase):
+    """
+    Commands re-proposed after a partition healed (L{replichat.merge}):
+    they keep the ids of their origin, apply once, and never fail for
+    what the other side did meanwhile.
+    """
+
+    def test_ids_named_after_origin(self) -> None:
+        """
+        An entry's uid or message id is C{epoch * ORIGIN_BASE + index}, or
+        its origin's when it carries one.
+        """
+        state = ChatState()
+        state.apply(1, {"op": "create_account", "who": None, "username": "a",
+                        "password": PASSWORD, "ts": 1.0}, epoch=2003)
+        self.assertEqual(state.uids_by_name["a"], origin_id(2003, 1))
+        state.apply(2, {"op": "create_account", "who": None, "username": "b",
+                        "password": PASSWORD, "ts": 1.0, "origin": [1001, 7],
+                        "merged": True}, epoch=2003)
+        self.assertEqual(state.uids_by_name["b"], origin_id(1001, 7))
+
+    def test_merged_twice_applies_once(self) -> None:
+        """
+        The same origin handed in twice (without a rid memory to catch it)
+        creates one account and one message.
+        """
+        d = Driver()
+        d.create("alice")
+        for _ in range(2):
+            d.apply({"op": "create_account", "who": None, "username": "bob",
+                     "password": PASSWORD, "origin": [5, 5], "merged": True})
+        for _ in range(2):
+            d.apply({"op": "send", "who": d.uid("alice"), "to": d.uid("bob"), "text": "x",
+                     "origin": [5, 6], "merged": True})
+        self.assertEqual(sorted(d.state.uids_by_name), ["alice", "bob"])
+        self.assertEqual(len(d.state.messages), 1)
+
+    def test_name_taken_renames(self) -> None:
+        """
+        A merged account whose name is taken is kept as "<name>~2", "~3"...;
+        a client's create of a taken name is still refused.
+        """
+        d = Driver()
+        d.create("bob")
+        for origin in ([5, 5], [6, 5]):
+            outcome = d.apply({"op": "create_account", "who": None, "username": "bob",
+                               "password": PASSWORD, "origin": origin, "merged": True})
+            self.assertIsNone(outcome.error)
+        self.assertEqual(sorted(d.state.uids_by_name), ["bob", "bob~2", "bob~3"])
+        self.assertEqual(d.create("bob").error.code, errors.USERNAME_TAKEN)
+
+    def test_merged_delete_skips_missing(self) -> None:
+        """
+        A merged delete removes what is still there; a client's delete of a
+        missing id is still refused whole.
+        """
+        d = Driver()
+        d.create("alice")
+        d.create("bob")
+        kept = d.send("alice", "bob", "kept").result["message"]["id"]
+        outcome = d.apply({"op": "delete_messages", "who": d.uid("bob"), "ids": [kept, 999],
+                           "merged": True, "origin": [9, 9]})
+        self.assertEqual(outcome.result, {"deleted": 1})
+        other = d.send("alice", "bob", "other").result["message"]["id"]
+        outcome = d.apply({"op": "delete_messages", "who": d.uid("bob"), "ids": [other, 999]})
+        self.assertEqual(outcome.error.code, errors.NOT_FOUND)
+
+    def test_history_with_older_merged_ids(self) -> None:
+        """
+        A merged message keeps its older id, so an inbox is no longer in id
+        order; history still lists newest id first, and after a snapshot.
+        """
+        d = Driver()
+        d.create("alice")
+        d.create("bob")
+        d.apply({"op": "noop"})
+        d.send("alice", "bob", "new")
+        d.apply({"op": "send", "who": d.uid("alice"), "to": d.uid("bob"), "text": "old",
+                 "origin": [0, 3], "merged": True})
+        bob = d.uid("bob")
+        texts = lambda state: [m["text"] for m in state.history(bob, None, None, 10)]
+        self.assertEqual(texts(d.state), ["new", "old"])
+        again = ChatState.from_snapshot(d.state.to_snapshot())
+        self.assertEqual(texts(again), ["new", "old"])
+        self.assertEqual(again.out_of_order, {d.uid("alice"), bob})  # sent, inbox
