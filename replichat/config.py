@@ -20,6 +20,8 @@ from collections.abc import Mapping
 import yaml
 from attrs import field, frozen
 
+from replichat.election import MAX_NODE_ID
+
 MiB = 1024 * 1024
 
 
@@ -332,6 +334,9 @@ class _Checker:
             node_id = int(key)
         if not _is_int(node_id) or node_id < 1:
             self.error(path, f"expected a positive integer node id, got {_show(key)}")
+        elif node_id > MAX_NODE_ID:
+            # Epochs carry their leader's id in their last three digits.
+            self.error(path, f"node ids run from 1 to {MAX_NODE_ID}, got {node_id}")
         elif node_id in seen:
             self.error(path, f"node id {node_id} is given twice")
         else:

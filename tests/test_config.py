@@ -374,6 +374,14 @@ class NodesTests(_ConfigTestCase):
             message = f"expected a positive integer node id, got {bad!r}"
             self.assertError(data, f"nodes.{bad}", message)
 
+    def test_nodeIdTooLarge(self):
+        """
+        Node ids run up to 999: an epoch names its leader in its last three
+        digits.
+        """
+        data = self.withNodes({1000: minimal()["nodes"][2]})
+        self.assertError(data, "nodes.1000", "node ids run from 1 to 999, got 1000")
+
     def test_duplicateNodeId(self):
         """
         The same id given as an integer and as a string is rejected.
