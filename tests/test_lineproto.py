@@ -134,7 +134,7 @@ class OpsTests(SynchronousTestCase):
         wire = self.server.connect()
         leader = {"id": 1, "host": "127.0.0.1", "port": 7001}
         hello = wire.ok("hello")
-        self.assertEqual(hello, {"node": 1, "role": "leader", "epoch": 1, "leader": leader})
+        self.assertEqual(hello, {"node": 1, "role": "leader", "epoch": 1001, "leader": leader})
         cluster = wire.ok("cluster")
         self.assertEqual(cluster["leader"], leader)
         [node] = cluster["nodes"]
