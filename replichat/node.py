@@ -817,6 +817,7 @@ class Node:
         if self.leader_id != peer:
             self.log.info("following node {leader} in epoch {epoch}", leader=peer, epoch=epoch)
             self._matched = 0
+            self._orphans_sent_at = None  # hand them to the new leader soon
         self.leader_id = peer
         self._leader_heard = self.clock.seconds()
         self.forced = False
@@ -1233,10 +1234,11 @@ class Node:
         gather.addCallback(check)
         return all_done
 
-    def _orphan_done(self, result: object, key: tuple) -> None:
+    def _orphan_done(self, result: object, key: tuple) -> object:
         # Committed, or lost with the leadership: either way the next
         # hand-in may propose it again (the rid makes that harmless).
         self._orphans_in_flight.pop(key, None)
+        return result
 
     def _on_Repropose(self, peer: int, message: Repropose) -> None:
         if self.role != LEADER or message.epoch != self.epoch:

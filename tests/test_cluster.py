@@ -702,3 +702,25 @@ class PartitionTests(ClusterTestCase):
         self.settle(cluster, 2.0)
         self.assertConverged(cluster)
         self.assertEqual(sorted(self.texts(cluster.leader(), "bob")), expected)
+
+    def test_handed_in_commands_survive_a_crash(self):
+        """
+        A losing server that crashes after cutting its log but before the
+        leader committed what it handed in still has the commands (they are
+        durable in its meta file) and hands them in after its restart.
+        """
+        cluster = self.cluster()
+        lonely, winner = self.split(cluster)
+        losing = lonely if lonely.epoch < winner.epoch else winner
+        self.send(cluster, losing, "alice", "bob", "kept", "k1")
+        cluster.network.drop = lambda src, dst, m: type(m).__name__ == "Repropose"
+        cluster.network.heal()
+        cluster.run_until(lambda: losing._orphans, 3.0)
+        cluster.crash(losing.node_id)
+        cluster.network.drop = None
+        restarted = cluster.start(losing.node_id)
+        self.assertTrue(restarted._orphans)
+        self.settle(cluster, 3.0)
+        self.assertConverged(cluster)
+        self.assertIn("kept", self.texts(cluster.leader(), "bob"))
+        self.assertEqual(restarted._orphans, [])
