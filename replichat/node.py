@@ -261,6 +261,7 @@ class Node:
         self._orphans: list[dict] = []
         self._orphans_sent_at: float | None = None
         self._orphans_in_flight: dict[tuple, Deferred] = {}
+        self._meta_document: dict = {}
 
     # -- start-up ------------------------------------------------------------
 
@@ -272,7 +273,7 @@ class Node:
         @raise RecoveryError: if the data cannot be recovered intact.
         """
         self.recover()
-        document = self.meta.load()
+        document = self._meta_document = self.meta.load()
         owner = document.get("node", self.node_id)
         if owner != self.node_id:
             raise RecoveryError(
@@ -724,8 +725,7 @@ class Node:
         # The epoch and its leader are durable before anything is done in
         # them, so a restarted server never follows two leaders in one epoch
         # nor reuses an epoch for different entries.
-        document = self.meta.load()
-        self.meta.save({**document, "node": self.node_id, "epoch": epoch, "leader": leader})
+        self._save_meta(epoch=epoch, leader=leader)
         self.epoch = epoch
         self._voted = (epoch, leader)
 
@@ -1172,9 +1172,14 @@ class Node:
 
     def _save_orphans(self, orphans: list[dict]) -> None:
         unique = {merge.key(c): c for c in orphans}
-        document = self.meta.load()
-        self.meta.save({**document, "node": self.node_id, "orphans": list(unique.values())})
+        self._save_meta(orphans=list(unique.values()))
         self._orphans = list(unique.values())
+
+    def _save_meta(self, **changes) -> None:
+        # From the copy in memory: the file was verified once, at start.
+        document = {**self._meta_document, "node": self.node_id, **changes}
+        self.meta.save(document)
+        self._meta_document = document
 
     def _forget_orphans(self, keys) -> None:
         keys = set(keys)
@@ -1601,7 +1606,11 @@ class Node:
             if len(kept) >= 2:
                 # Never past what is on every member: an entry a partition
                 # may yet make divergent must stay, to be handed in.
-                self.disk_log.compact(min(kept[1], self.commit_index, self._stable))
+                try:
+                    self.disk_log.compact(min(kept[1], self.commit_index, self._stable))
+                except OSError as error:
+                    self._fail("compacting the log failed: %s" % (error,))
+                    return
             self.log.info("snapshot at {index} written", index=index)
 
         def failed(failure) -> None:

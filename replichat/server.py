@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 
 from replichat import sdnotify
 from replichat.entries import Snapshot
@@ -37,7 +37,7 @@ from replichat.membership import ClusterConfig, Member
 from replichat.node import Node, RecoveryError, Timing
 from replichat.peerproto import PeerNetwork, key_is_default, load_key
 from replichat.passwords import PasswordHasher
-from replichat.snapshot import FileSnapshotStore
+from replichat.snapshot import CORRUPT_SUFFIX, FileSnapshotStore
 
 #: How often the parent looks for its snapshot child's exit, in seconds.
 SNAPSHOT_POLL_INTERVAL = 0.05
@@ -169,11 +169,22 @@ class ChatServer(MultiService):
         # Two processes on one data directory would both append to the log.
         self.lock = DataDirLock(data_dir)
         self.lock.acquire()
-        disk_log = SegmentedLog(
-            os.path.join(data_dir, "log"),
-            segment_bytes=config.log.segment_bytes,
-            cut_corrupt_tail=cut_corrupt_tail,
-        )
+        disk_log = None
+        try:
+            disk_log = SegmentedLog(
+                os.path.join(data_dir, "log"),
+                segment_bytes=config.log.segment_bytes,
+                cut_corrupt_tail=cut_corrupt_tail,
+            )
+            self._open(config, node_id, disk_log, data_dir, reactor, join, key)
+        except BaseException:
+            # Refused: let go of the directory, as a process exit would.
+            if disk_log is not None:
+                disk_log.close()
+            self.lock.release()
+            raise
+
+    def _open(self, config, node_id: int, disk_log, data_dir: str, reactor, join, key) -> None:
         snapshots = FileSnapshotStore(os.path.join(data_dir, "snapshots"))
         self.node = Node(
             node_id,
@@ -258,6 +269,18 @@ class ChatServer(MultiService):
         os._exit(1)
 
 
+def _corrupt_snapshots(data_dir: str) -> list[str]:
+    """
+    The snapshot files an earlier start set aside as corrupt.
+    """
+    directory = os.path.join(data_dir, "snapshots")
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    return [os.path.join(directory, name) for name in names if name.endswith(CORRUPT_SUFFIX)]
+
+
 def build_server(
     config,
     node_id: int,
@@ -269,9 +292,35 @@ def build_server(
     """
     Open and recover a node's data directory and return its service.
 
+    twistd starts its log only once the service is built, so what recovery
+    warned about (a corrupt snapshot set aside, a torn tail cut) would be
+    lost with a refusal to start: those warnings are repeated in the
+    message.
+
     @raise SystemExit: with a message, if the data cannot be recovered.
     """
+    warnings: list[str] = []
+
+    def collect(event: dict) -> None:
+        if event.get("log_level", LogLevel.info) >= LogLevel.warn:
+            warnings.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(collect)
     try:
         return ChatServer(config, node_id, data_dir, reactor, cut_corrupt_tail, join)
-    except (RecoveryError, LogCorruption, DataDirLocked, ValueError) as error:
-        raise SystemExit("replichat: cannot start node %d: %s" % (node_id, error))
+    except (RecoveryError, LogCorruption, DataDirLocked, ValueError, OSError) as error:
+        message = "replichat: cannot start node %d: %s" % (node_id, error)
+        if warnings:
+            message += "\nwarned before that:\n" + "\n".join("  " + w for w in warnings)
+        earlier = [
+            path
+            for path in _corrupt_snapshots(data_dir)
+            if not any(path[: -len(CORRUPT_SUFFIX)] + ":" in w for w in warnings)
+        ]
+        if earlier:
+            message += "\nsnapshots set aside as corrupt by an earlier start:\n" + "\n".join(
+                "  " + path for path in earlier
+            )
+        raise SystemExit(message)
+    finally:
+        globalLogPublisher.removeObserver(collect)
