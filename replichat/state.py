@@ -54,6 +54,9 @@ RID_CAPACITY = 100_000
 #: Sessions kept per account; logging in again evicts the oldest.
 SESSIONS_PER_ACCOUNT = 32
 
+#: The operations that create something named by their entry's id.
+_CREATING = frozenset({"create_account", "send"})
+
 #: Ids are C{epoch * ORIGIN_BASE + index} of the creating entry.
 ORIGIN_BASE = 10**10
 
@@ -145,7 +148,7 @@ def _first_outcome(remembered: tuple) -> Outcome:
     """
     The outcome a remembered request id answers with.
     """
-    _, _, result, error = remembered
+    _, _, result, error, _ = remembered
     return Outcome(
         result=None if result is None else DECODER.decode(result),
         error=None if error is None else ChatError(*error),
@@ -178,6 +181,11 @@ class ChatState:
         # a message merged after a partition kept its older id: their
         # history is sorted instead of merged.  Derived, not snapshotted.
         self.out_of_order: set[int] = set()
+        # Ids a losing side of a partition gave for a request the winning
+        # side had applied too (the same rid, retried across the split):
+        # the loser's id -> the winner's, so what the loser's clients did
+        # with theirs reaches the one that exists (see replichat.merge).
+        self.aliases: dict[int, int] = {}
         # The newest committed cluster configuration (the JSON form of
         # replichat.membership.ClusterConfig), None before the first.
         self.cluster: dict | None = None
@@ -198,21 +206,45 @@ class ChatState:
                 "apply out of order: %d after %d" % (index, self.applied_index)
             )
         self.applied_index = index
+        if self.aliases:
+            command = self._resolved(command)
+        origin = command.get("origin")
+        new_id = origin_id(*origin) if origin is not None else origin_id(epoch, index)
         rid = command.get("rid")
         if rid is not None and not failpoints.on(failpoints.FORGET_RID_DEDUPE):
             remembered = self.rids.get(rid)
             if remembered is not None:
-                return self._repeat(command, remembered)
+                if not command.get("merged"):
+                    return self._repeat(command, remembered)
+                if remembered[3] is None:
+                    # Both sides of a partition applied this request; keep
+                    # the winner's effect and point the loser's id at it.
+                    made = remembered[4]
+                    if made is not None and made != new_id:
+                        self.aliases[new_id] = made
+                    return self._repeat(command, remembered)
+                # The winning side refused it, with no effect; the losing
+                # side applied it and answered: apply it now, once.
         handler = getattr(self, "_apply_" + command["op"])
-        origin = command.get("origin")
-        new_id = origin_id(*origin) if origin is not None else origin_id(epoch, index)
         try:
             outcome = handler(command, new_id)
         except ChatError as error:
             outcome = Outcome(error=error)
         if rid is not None:
-            self._remember(rid, command, outcome)
+            made = new_id if outcome.error is None and command["op"] in _CREATING else None
+            self._remember(rid, command, outcome, made)
         return outcome
+
+    def _resolved(self, command: dict) -> dict:
+        aliases = self.aliases
+        changed = {}
+        for name in ("who", "to"):
+            if command.get(name) in aliases:
+                changed[name] = aliases[command[name]]
+        ids = command.get("ids")
+        if ids and any(i in aliases for i in ids):
+            changed["ids"] = [aliases.get(i, i) for i in ids]
+        return {**command, **changed} if changed else command
 
     def _repeat(self, command: dict, remembered: tuple) -> Outcome:
         who, fingerprint = remembered[:2]
@@ -226,7 +258,7 @@ class ChatState:
             )
         return _first_outcome(remembered)
 
-    def _remember(self, rid: str, command: dict, outcome: Outcome) -> None:
+    def _remember(self, rid: str, command: dict, outcome: Outcome, made: int | None) -> None:
         # The result is kept encoded: a tuple of strings and numbers is
         # invisible to the cyclic garbage collector, a dict of dicts is not,
         # and up to RID_CAPACITY of them would be rescanned at every full
@@ -234,7 +266,7 @@ class ChatState:
         error = outcome.error
         result = None if outcome.result is None else COMPACT.encode(outcome.result)
         wire_error = None if error is None else (error.code, error.message)
-        self.rids[rid] = (command.get("who"), command.get("fp"), result, wire_error)
+        self.rids[rid] = (command.get("who"), command.get("fp"), result, wire_error, made)
         while len(self.rids) > RID_CAPACITY:
             self.rids.popitem(last=False)
 

@@ -95,6 +95,7 @@ def encode_state(state: ChatState) -> bytes:
         "applied_index": state.applied_index,
         "names": list(names),
         "cluster": state.cluster,
+        "aliases": sorted(state.aliases.items()),
     }
     accounts = [state.accounts[uid] for uid in sorted(state.accounts)]
     rids = [[rid, *kept] for rid, kept in state.rids.items()]
@@ -184,6 +185,7 @@ def decode_state(data: bytes, state_class: type) -> ChatState:
         state.uids_by_name[username] = uid
         state.sessions.update(dict.fromkeys(account.sessions, uid))
     state.sorted_names = sorted(state.uids_by_name)
-    for rid, who, fingerprint, result, error in json.loads(bytes(sections["rids"])):
-        state.rids[rid] = (who, fingerprint, result, None if error is None else tuple(error))
+    for rid, who, fingerprint, result, error, made in json.loads(bytes(sections["rids"])):
+        state.rids[rid] = (who, fingerprint, result, None if error is None else tuple(error), made)
+    state.aliases = {int(a): b for a, b in meta.get("aliases", [])}
     return state

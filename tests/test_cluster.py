@@ -724,3 +724,25 @@ class PartitionTests(ClusterTestCase):
         self.assertConverged(cluster)
         self.assertIn("kept", self.texts(cluster.leader(), "bob"))
         self.assertEqual(restarted._orphans, [])
+
+    def test_one_request_applied_on_both_sides(self):
+        """
+        An account created by one request on both sides (a retry across the
+        split) exists once after the heal, and what the losing side's
+        clients did with their copy (sends from it and to it) reaches it.
+        """
+        cluster = self.cluster()
+        lonely, winner = self.split(cluster)
+        losing, winning = sorted([lonely, winner], key=lambda n: n.epoch)
+        for node in (winning, losing):
+            create(node, "erin", rid="c-erin")
+            cluster.run(0.1)
+        self.send(cluster, losing, "erin", "alice", "from erin", "e1")
+        self.send(cluster, losing, "alice", "erin", "to erin", "e2")
+        cluster.network.heal()
+        self.settle(cluster, 3.0)
+        self.assertConverged(cluster)
+        node = cluster.leader()
+        self.assertEqual([n for n in names(node) if n.startswith("erin")], ["erin"])
+        self.assertEqual(self.texts(node, "erin"), ["to erin"])
+        self.assertIn("from erin", self.texts(node, "alice"))

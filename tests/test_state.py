@@ -547,3 +547,41 @@ class MergeTests(SynchronousTestCase):
         again = ChatState.from_snapshot(d.state.to_snapshot())
         self.assertEqual(texts(again), ["new", "old"])
         self.assertEqual(again.out_of_order, {d.uid("alice"), bob})  # sent, inbox
+
+    def test_applied_on_both_sides_aliases(self) -> None:
+        """
+        A merged request the winner also applied (same rid) is not applied
+        again; the loser's id becomes an alias of the winner's, for later
+        commands and across a snapshot.
+        """
+        d = Driver()
+        d.create("alice")
+        d.create("bob", rid="r-bob")
+        winner_uid = d.uid("bob")
+        loser_uid = origin_id(7001, 3)
+        d.apply({"op": "create_account", "who": None, "username": "bob", "password": PASSWORD,
+                 "rid": "r-bob", "fp": "fp-bob", "origin": [7001, 3], "merged": True})
+        self.assertEqual(sorted(d.state.uids_by_name), ["alice", "bob"])
+        self.assertEqual(d.state.aliases, {loser_uid: winner_uid})
+        again = ChatState.from_snapshot(d.state.to_snapshot())
+        outcome = again.apply(again.applied_index + 1, {
+            "op": "send", "who": d.uid("alice"), "to": loser_uid, "text": "hi", "ts": 1.0,
+            "origin": [7001, 4], "merged": True, "rid": "r-hi", "fp": "x"})
+        self.assertIsNone(outcome.error)
+        self.assertEqual([again.message(i).text for i in again.accounts[winner_uid].inbox], ["hi"])
+
+    def test_refused_by_winner_applied_once_merged(self) -> None:
+        """
+        A request the winning side refused (no effect) but the losing side
+        applied is applied when merged.
+        """
+        d = Driver()
+        d.create("alice")
+        d.apply({"op": "send", "who": d.uid("alice"), "to": 12345, "text": "lost?",
+                 "rid": "r-x", "fp": "fp"})
+        d.create("bob")
+        outcome = d.apply({"op": "send", "who": d.uid("alice"), "to": d.uid("bob"),
+                           "text": "lost?", "rid": "r-x", "fp": "fp",
+                           "origin": [7001, 9], "merged": True})
+        self.assertIsNone(outcome.error)
+        self.assertEqual(len(d.state.messages), 1)

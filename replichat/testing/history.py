@@ -956,7 +956,7 @@ class _Checker:
         application.
         """
         if first == "base":
-            _, _, result, error = self.base_rids[op.rid]
+            _, _, result, error = self.base_rids[op.rid][:4]
             result = None if result is None else DECODER.decode(result)
             code = None if error is None else error[0]
             return code is None, result, code, False, "before index %d" % (self.replay.start,), ()
