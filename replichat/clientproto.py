@@ -21,6 +21,8 @@ from twisted.protocols.basic import LineOnlyReceiver
 from replichat.errors import TOO_LARGE
 
 __all__ = [
+    "MAX_ANSWER",
+    "MAX_LINE",
     "ChatError",
     "ClientLineProtocol",
     "encode_line",
@@ -29,7 +31,14 @@ __all__ = [
     "query_node",
 ]
 
+#: Longest request line, in bytes: the protocol's limit (DESIGN.md §4).
 MAX_LINE = 65536
+
+#: Longest answer line accepted from a server, in bytes.  Answers are not
+#: bound by the request limit: a page of C{read} or C{history} holds up to
+#: 1000 messages of up to C{max_text_chars} (10,000 by default) characters,
+#: tens of megabytes at worst.
+MAX_ANSWER = 64 * 1024 * 1024
 
 
 class ChatError(Exception):
@@ -89,7 +98,10 @@ class ClientLineProtocol(LineOnlyReceiver):
     """
 
     delimiter = b"\n"
-    MAX_LENGTH = MAX_LINE
+    #: Longest line accepted from the server.
+    MAX_LENGTH = MAX_ANSWER
+    #: Longest request line sent.
+    max_request_bytes = MAX_LINE
     log = Logger()
 
     def __init__(self, on_event=None, on_lost=None):
@@ -100,6 +112,8 @@ class ClientLineProtocol(LineOnlyReceiver):
         self._ids = itertools.count(1)
         self._pending = {}
         self._lost_waiters = []
+        self._pieces = []  # the start of a line not complete yet
+        self._piece_bytes = 0
 
     def call(self, op, args=None):
         """
@@ -113,8 +127,8 @@ class ClientLineProtocol(LineOnlyReceiver):
         """
         request_id = next(self._ids)
         line = encode_line({**(args or {}), "id": request_id, "op": op})
-        if len(line) > self.MAX_LENGTH:
-            message = "request is larger than {} bytes".format(self.MAX_LENGTH)
+        if len(line) > self.max_request_bytes:
+            message = "request is larger than {} bytes".format(self.max_request_bytes)
             return fail(ChatError(TOO_LARGE, message))
         if self.lost or self.transport is None:
             return fail(ConnectionLost("not connected"))
@@ -133,6 +147,36 @@ class ClientLineProtocol(LineOnlyReceiver):
         waiter = Deferred()
         self._lost_waiters.append(waiter)
         return waiter
+
+    def dataReceived(self, data):
+        """
+        Split the server's lines.  Unlike L{LineOnlyReceiver}, which joins
+        what it has buffered to each new packet, a long answer is kept as a
+        list of packets and joined once, when its end arrives: a page of
+        megabytes arrives in linear time.
+        """
+        lines = data.split(self.delimiter)
+        if len(lines) == 1:
+            self._pieces.append(data)
+            self._piece_bytes += len(data)
+            if self._piece_bytes > self.MAX_LENGTH:
+                self._pieces, self._piece_bytes = [], 0
+                self.lineLengthExceeded(b"")
+            return
+        if self._pieces:
+            self._pieces.append(lines[0])
+            lines[0] = b"".join(self._pieces)
+        rest = lines.pop()
+        self._pieces, self._piece_bytes = ([rest], len(rest)) if rest else ([], 0)
+        if len(rest) > self.MAX_LENGTH:
+            lines.append(rest)  # overlong too: said so in its turn
+        for line in lines:
+            if self.transport is None or self.transport.disconnecting:
+                return
+            if len(line) > self.MAX_LENGTH:
+                self._pieces, self._piece_bytes = [], 0
+                return self.lineLengthExceeded(line)
+            self.lineReceived(line)
 
     def lineReceived(self, line):
         """
@@ -199,11 +243,11 @@ class ClientLineProtocol(LineOnlyReceiver):
 
     def lineLengthExceeded(self, line):
         """
-        A line over the protocol's limit: the stream cannot be resynchronised
+        A line over L{MAX_LENGTH}: the stream cannot be resynchronised
         reliably, so drop the connection (the client reconnects).
         """
         self.log.warn("server sent a line over {limit} bytes; disconnecting", limit=self.MAX_LENGTH)
-        return super().lineLengthExceeded(line)
+        return self.transport.loseConnection()
 
     def connectionLost(self, reason):
         """

@@ -17,14 +17,23 @@ validates and L{ChatHandler} acts.
 One client must not be able to hurt others, so each connection is bounded:
 an overlong line is answered with C{too_large} and skipped (the connection
 stays usable); at most C{max_inflight} requests run at once; a client that
-does not read its answers stops being read from, and is dropped once more
-than C{max_output_bytes} wait for it; a connection idle for C{idle_timeout}
-seconds is closed.
+does not read its answers stops being read from, and the requests it has
+already sent wait unprocessed until it reads again, so one turn of the
+reactor does at most about a transport buffer's worth of answers for it
+(not a whole packet of pipelined requests); it is dropped once more than
+C{max_output_bytes} (answers to requests in flight, pushed messages) wait
+for it; a connection that completes no request line for C{idle_timeout}
+seconds is closed, however slowly it trickles bytes.  And however cheap
+their answers, one connection's requests get at most L{TURN_BUDGET} seconds
+of one reactor turn (or one request, if that takes longer): the rest of a
+packet of pipelined requests waits for the next turn, after the other
+connections had theirs.
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -52,6 +61,12 @@ def _finite_float(text: str) -> float:
         raise ValueError("number %s is out of range" % (text[:32],))
     return value
 
+
+#: Seconds of one reactor turn that one connection's requests may take
+#: before the others get theirs.  Small enough not to be noticed; large
+#: enough that a pipelined batch of cheap writes (tens of microseconds
+#: each) is still proposed in one turn, and so committed with one fsync.
+TURN_BUDGET = 0.01
 
 #: Strict: a client may not send what could not be stored or echoed back.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
@@ -101,6 +116,10 @@ class ClientProtocol(LineOnlyReceiver, TimeoutMixin):
     log = Logger()
     delimiter = b"\n"
 
+    #: Measures the work done in a turn (CPU-bound, so not the reactor's
+    #: clock, which does not move while a turn runs).
+    work_clock = staticmethod(time.perf_counter)
+
     def __init__(self, handler, limits, clock) -> None:
         self.handler = handler
         self.limits = limits
@@ -111,6 +130,15 @@ class ClientProtocol(LineOnlyReceiver, TimeoutMixin):
         self._discarding = False
         self._output_paused = False
         self._held_bytes = 0
+        #: Complete lines received but not handled yet, because the client
+        #: stopped reading its answers or this turn's budget is spent;
+        #: L{None} stands for an overlong line.
+        self._held_lines: list[bytes | None] = []
+        #: The call that goes on with the held lines next turn, if any.
+        self._next_turn = None
+        #: Set once the connection is aborted: nothing more is handled or
+        #: sent (an aborted TCP transport is not C{disconnecting}).
+        self._dropped = False
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)
@@ -119,38 +147,105 @@ class ClientProtocol(LineOnlyReceiver, TimeoutMixin):
 
     def connectionLost(self, reason: object = None) -> None:
         self.setTimeout(None)
+        if self._next_turn is not None and self._next_turn.active():
+            self._next_turn.cancel()
+        self._next_turn = None
+        self._held_lines = []
         self.handler.connection_lost(self)
 
     def timeoutConnection(self) -> None:
         self.log.info("closing idle client connection {peer}", peer=self.transport.getPeer())
-        self.transport.loseConnection()
+        if self._output_paused:
+            # It does not read: a clean close would wait for it to read the
+            # answers still buffered, forever.
+            self._drop()
+        else:
+            self.transport.loseConnection()
+
+    def _drop(self) -> None:
+        """
+        Abort the connection, dropping what waits for the client; handle and
+        send nothing more on it.
+        """
+        self._dropped = True
+        self._held_lines = []
+        self.transport.abortConnection()
 
     # -- framing ---------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         """
         Split lines like L{LineOnlyReceiver}, except that an overlong line is
-        answered and skipped up to its end instead of closing the connection.
+        answered and skipped up to its end instead of closing the connection,
+        and that lines are held, not handled, while the client is not
+        reading its answers (see L{pauseProducing}) or once this turn's
+        L{TURN_BUDGET} is spent.
         """
+        if self._dropped:
+            return
         if self._discarding:
             end = data.find(self.delimiter)
             if end < 0:
                 return
             data = data[end + 1 :]
             self._discarding = False
-        lines = (self._buffer + data).split(self.delimiter)
+        lines: list[bytes | None] = (self._buffer + data).split(self.delimiter)
         self._buffer = lines.pop()
-        for line in lines:
-            if self.transport.disconnecting:
-                return
-            if len(line) > self.MAX_LENGTH:
-                self.lineLengthExceeded(line)
-            else:
-                self.lineReceived(line)
         if len(self._buffer) > self.MAX_LENGTH:
+            # Answered in its turn, after the complete lines before it.
             self._buffer = b""
             self._discarding = True
-            self.lineLengthExceeded(b"")
+            lines.append(None)
+        if self._held_lines:
+            self._held_lines.extend(lines)
+            if not self._output_paused and self._next_turn is None:
+                self._handle_held()
+        else:
+            self._handle_lines(lines)
+
+    def _handle_lines(self, lines: list[bytes | None]) -> None:
+        """
+        Handle complete lines in order, until the client stops reading its
+        answers or this turn's budget is spent (the rest is held), or the
+        connection goes away.
+        """
+        deadline = self.work_clock() + TURN_BUDGET
+        for position, line in enumerate(lines):
+            if self._dropped or self.transport.disconnecting:
+                return
+            if self._output_paused:
+                self._held_lines.extend(lines[position:])
+                return
+            if position and self.work_clock() > deadline:
+                self._held_lines.extend(lines[position:])
+                # Read nothing more until the held lines are handled.
+                self.transport.pauseProducing()
+                self._next_turn = self.callLater(0, self._go_on)
+                return
+            if line is None or len(line) > self.MAX_LENGTH:
+                self.lineLengthExceeded(line or b"")
+            else:
+                self.lineReceived(line)
+
+    def _handle_held(self) -> None:
+        held, self._held_lines = self._held_lines, []
+        self._handle_lines(held)
+
+    def _go_on(self) -> None:
+        """
+        Next turn: go on with the held lines, then read again once all are
+        handled (unless the client is not reading its answers).
+        """
+        self._next_turn = None
+        if self._dropped or self.transport.disconnecting or self._output_paused:
+            return
+        self._handle_held()
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        if not (self._output_paused or self._dropped or self._next_turn is not None
+                or self.transport.disconnecting):
+            self.transport.resumeProducing()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._answer_error(
@@ -221,7 +316,7 @@ class ClientProtocol(LineOnlyReceiver, TimeoutMixin):
         self._send({"event": "message", "message": message})
 
     def _send(self, obj: dict) -> None:
-        if self.transport is None or self.transport.disconnecting:
+        if self.transport is None or self.transport.disconnecting or self._dropped:
             return
         try:
             line = encode_line(obj)
@@ -237,22 +332,25 @@ class ClientProtocol(LineOnlyReceiver, TimeoutMixin):
                     peer=self.transport.getPeer(),
                     bytes=self._held_bytes,
                 )
-                self.transport.abortConnection()
+                self._drop()
                 return
         self.transport.write(line)
 
     # -- IPushProducer: the transport tells us when the client lags ----------
 
     def pauseProducing(self) -> None:
-        # The client is not reading: stop reading its requests too, so it
-        # cannot make us buffer answers without bound.
+        # The client is not reading: stop reading its requests, and stop
+        # handling those already read, so it cannot make us buffer answers
+        # without bound, nor hold the reactor for a whole packet of them.
         self._output_paused = True
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         self._output_paused = False
         self._held_bytes = 0
-        self.transport.resumeProducing()
+        if self._held_lines and self._next_turn is None:
+            self._handle_held()
+        self._resume_reading()
 
     def stopProducing(self) -> None:
         pass

@@ -415,11 +415,38 @@ class PeerProtocol(amp.AMP):
 
     def ampBoxReceived(self, box):
         self._box_bytes = 0
-        if self._state == _AUTHENTICATED or self._expected_now(box):
+        if self._state == _AUTHENTICATED:
             super().ampBoxReceived(box)
-        else:
+        elif not self._expected_now(box):
             what = box.get(amp.COMMAND, b"an answer").decode("ascii", "replace")
             self._refuse(f"sent {what} before authenticating")
+        elif (problem := self._malformed(box)) is not None:
+            self._refuse(problem)
+        else:
+            super().ampBoxReceived(box)
+
+    def _malformed(self, box):
+        """
+        Why a handshake box cannot be parsed, or None: AMP would raise out
+        of dataReceived, or log a traceback, for a stranger's bad box.
+        """
+        if self.dialer:
+            if amp.ANSWER not in box:
+                missing = {amp.ERROR_CODE, amp.ERROR_DESCRIPTION} - set(box)
+                if missing:
+                    return "malformed error answer to Hello (no %s)" % (
+                        ", ".join(sorted(k.decode() for k in missing)),
+                    )
+                return None
+            what, parse = "answer to Hello", Hello.parseResponse
+        else:
+            command = Hello if self._state == _NEW else Prove
+            what, parse = command.commandName.decode(), command.parseArguments
+        try:
+            parse(box, self)  # parses a copy
+        except Exception as e:
+            return f"malformed {what}: {e!r}"
+        return None
 
     def _expected_now(self, box):
         """

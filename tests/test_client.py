@@ -21,7 +21,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from replichat.client import ChatClient, ServerUnreachable
-from replichat.clientproto import ChatError, ClientLineProtocol, query_node
+from replichat.clientproto import MAX_ANSWER, ChatError, ClientLineProtocol, query_node
 
 
 def decode_lines(data):
@@ -161,11 +161,14 @@ class ClientLineProtocolTests(SynchronousTestCase):
 
     def test_overlong_line(self):
         """
-        A line from the server over 64 KiB drops the connection, since the
-        stream cannot be trusted after it.
+        A line from the server over L{MAX_ANSWER} bytes drops the connection,
+        since the stream cannot be trusted after it; a long answer under it
+        (a page of long messages) does not.
         """
         EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         self.proto.dataReceived(b"x" * 70000)
+        self.assertFalse(self.transport.disconnecting)
+        self.proto.dataReceived(b"x" * MAX_ANSWER)
         self.assertTrue(self.transport.disconnecting)
 
 

@@ -509,20 +509,24 @@ class BadInputTests(SynchronousTestCase):
         self.assertEqual([(l["id"], l["ok"]) for l in wire.lines()], [(0, True)])
         self.assertEqual(wire.ok("hello")["node"], 1)
 
-    def test_slow_reader_dropped(self) -> None:
+    def test_slow_reader_dropped(self):
         """
-        A client that stops reading is no longer read from, and is dropped
-        once more than C{max_output_bytes} wait for it.
+        A client that stops reading is no longer read from, the requests it
+        already sent wait unanswered, and it is dropped once more than
+        C{max_output_bytes} (here, messages pushed to it) wait for it.
         """
         server = Server(max_output_bytes=10_000)
-        wire = server.connect()
-        wire.protocol.pauseProducing()
-        self.assertEqual(wire.transport.producerState, "paused")
+        alice = server.user("alice")
+        bob = server.user("bob")
+        bob.protocol.pauseProducing()
+        self.assertEqual(bob.transport.producerState, "paused")
+        bob.send_raw(b'{"id": "held", "op": "cluster"}\n')
+        self.assertEqual(bob.lines(), [])
         for i in range(100):
-            wire.protocol.dataReceived(b'{"id": %d, "op": "cluster"}\n' % i)
-            if wire.transport.disconnecting:
+            alice.ok("send", to="bob", text="x" * 200)
+            if bob.transport.disconnecting:
                 break
-        self.assertTrue(wire.transport.disconnecting)
+        self.assertTrue(bob.transport.disconnecting)
         self.assertLess(i, 99)
 
     def test_idle_timeout(self) -> None:
