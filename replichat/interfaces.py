@@ -115,9 +115,10 @@ class ISnapshotStore(Interface):
         or verifying them.
         """
 
-    def quarantine(index):
+    def quarantine(index, suffix=".corrupt"):
         """
-        Durably set aside the snapshot at C{index}, found corrupt: it is no
+        Durably set aside the snapshot at C{index}, found corrupt (or, with
+        C{suffix} C{".diverged"}, cut by a healed partition): it is no
         longer listed or loaded, and no longer counts as one of the newest
         two that L{save} keeps, so the one to fall back on is an intact one.
         A store on disk keeps the damaged file for the operator.  Does

@@ -69,6 +69,7 @@ from replichat.peermessages import (
     SnapshotReply,
     TimeoutNow,
 )
+from replichat.snapshot import DIVERGED_SUFFIX
 from replichat.state import ChatState, Outcome
 
 #: How much entry data one read of the log returns while replaying.
@@ -1148,7 +1149,7 @@ class Node:
         for kept in self.snapshots.indexes():
             if kept > index:
                 # It holds cut entries; never start from it again.
-                self.snapshots.quarantine(kept)
+                self.snapshots.quarantine(kept, DIVERGED_SUFFIX)
         try:
             state = self._load_snapshot()
         except RecoveryError:

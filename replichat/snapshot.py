@@ -38,6 +38,10 @@ KEEP = 2
 _NAME = re.compile(r"^(\d{20})\.snap$")  # not .snap.corrupt
 CORRUPT_SUFFIX = ".corrupt"
 
+#: The suffix of a snapshot set aside because it holds entries a healed
+#: partition cut (intact, but no longer this cluster's history).
+DIVERGED_SUFFIX = ".diverged"
+
 
 def encode_snapshot(snapshot):
     """
@@ -111,15 +115,15 @@ class FileSnapshotStore:
             else:
                 yield decoded
 
-    def quarantine(self, index):
+    def quarantine(self, index, suffix=CORRUPT_SUFFIX):
         """
         See L{ISnapshotStore.quarantine}: renames the file to
-        C{{index:020d}.snap.corrupt}, replacing an older one of that name,
-        and fsyncs the directory.
+        C{{index:020d}.snap.corrupt} (or C{suffix}), replacing an older one
+        of that name, and fsyncs the directory.
         """
         path = self._path(index)
         try:
-            os.rename(path, path + CORRUPT_SUFFIX)
+            os.rename(path, path + suffix)
         except FileNotFoundError:
             return
         fsync_directory(self.directory)

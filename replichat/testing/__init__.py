@@ -131,7 +131,7 @@ class MemorySnapshotStore:
     def indexes(self):
         return sorted(self._snapshots, reverse=True)
 
-    def quarantine(self, index):
+    def quarantine(self, index, suffix=".corrupt"):
         if self._snapshots.pop(index, None) is not None:
             self.quarantined.append(index)
 
