@@ -1475,7 +1475,9 @@ class Node:
             # exactly these members, and would never commit otherwise.
             # Commit waits for every live member, not a majority, so two
             # successive removals cannot commit anything the other misses.
-            self._change_config(cluster.without_live(down), "nodes %s are down" % (sorted(down),))
+            self._change_config(
+                cluster.without_live(down), "nodes %s are down" % (sorted(down),)
+            ).addErrback(_lost_with_leadership)
             return
         if self._config_pending():
             return
@@ -1486,7 +1488,9 @@ class Node:
             if progress is None or self._is_down(peer) or not self._connected(peer):
                 continue
             if progress.match >= self.commit_index and progress.match >= (self._marker_index or 0):
-                self._change_config(cluster.with_live(peer), "node %d caught up" % (peer,))
+                self._change_config(
+                    cluster.with_live(peer), "node %d caught up" % (peer,)
+                ).addErrback(_lost_with_leadership)
                 return
 
     def _on_Leaving(self, peer: int, message: Leaving) -> None:
@@ -1518,7 +1522,7 @@ class Node:
             member = Member(message.host, message.client_port, message.peer_port)
             self._change_config(
                 cluster.with_learner(message.node, member), "node %d joins" % (message.node,)
-            )
+            ).addErrback(_lost_with_leadership)
         self.network.send(peer, JoinReply(self.epoch, error, self._healthy_leader()))
 
     def _send_join(self, peer: int) -> None:
@@ -1696,3 +1700,11 @@ def _gather(deferreds: list[Deferred]) -> Deferred:
     fail.
     """
     return gatherResults(deferreds) if deferreds else succeed([])
+
+
+def _lost_with_leadership(failure: Failure) -> None:
+    """
+    Errback for a change nobody waits on: losing the leadership before it
+    committed is expected (the next leader decides again), not an error.
+    """
+    failure.trap(ChatError)
