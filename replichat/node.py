@@ -238,6 +238,7 @@ class Node:
         self._election_started = 0.0
         self._leader_heard = 0.0
         self._matched = 0  # as a follower: my log matches the leader's to here
+        self._following = (0, 0)  # (leader, epoch) that _matched is about
         self._leader_commit = 0  # as a follower: the leader's commit index
         self._voted = (0, 0)  # (epoch, leader) as durable in the meta file
         self._last_tick: float | None = None
@@ -245,7 +246,9 @@ class Node:
         self._batch: list[tuple[dict, bytes, Deferred | None]] = []
         self._flush_call = None
         self._sync_call = None
-        self._pending_replies: list[int] = []  # followers' Appends awaiting fsync
+        # A follower's accepted Appends awaiting its fsync, as (leader,
+        # epoch, index): the reply goes to that leader in that epoch only.
+        self._pending_replies: list[tuple[int, int, int]] = []
         self._waiting: dict[int, tuple[dict, Deferred | None, int]] = {}
         self._config_waiters: list[tuple[int, Deferred]] = []
         self._snapshot_in: tuple | None = None  # (index, epoch, chunks, size)
@@ -815,8 +818,11 @@ class Node:
             except OSError as error:
                 self._fail("saving the epoch failed: %s" % (error,))
                 return False
-        if self.leader_id != peer:
+        if self._following != (peer, epoch):
+            # What matched one leader's log says nothing of another's, nor
+            # of the same server's in a later epoch.
             self.log.info("following node {leader} in epoch {epoch}", leader=peer, epoch=epoch)
+            self._following = (peer, epoch)
             self._matched = 0
             self._orphans_sent_at = None  # hand them to the new leader soon
         self.leader_id = peer
@@ -926,8 +932,12 @@ class Node:
             self._advance_commit()
         else:
             replies, self._pending_replies = self._pending_replies, []
-            if replies and self.leader_id:
-                self.network.send(self.leader_id, AppendReply(self.epoch, True, max(replies)))
+            # An fsync slower than a change of leader must not confirm to
+            # the new leader what was accepted from the old one: its entries
+            # may differ at those indexes.
+            current = [i for leader, epoch, i in replies if (leader, epoch) == (self.leader_id, self.epoch)]
+            if current and self.leader_id:
+                self.network.send(self.leader_id, AppendReply(self.epoch, True, max(current)))
             self._advance_follower_commit(self._leader_commit)
 
     def _connected(self, peer: int) -> bool:
@@ -1084,7 +1094,7 @@ class Node:
         self._matched = entries[-1].index if entries else max(self._matched, prev)
         self._leader_commit = max(self._leader_commit, message.commit_index)
         self._stable = max(self._stable, min(message.stable, self._matched))
-        self._pending_replies.append(self._matched)
+        self._pending_replies.append((peer, self.epoch, self._matched))
         self._schedule_sync()
 
     def _backtrack(self, prev: int) -> int:
