@@ -239,6 +239,9 @@ class Node:
         self._leader_heard = 0.0
         self._matched = 0  # as a follower: my log matches the leader's to here
         self._following = (0, 0)  # (leader, epoch) that _matched is about
+        # What peers said that a candidate must not lead against (_may_lead).
+        self._commit_seen: dict[int, int] = {}
+        self._fresher_excluders: dict[int, election.Rank] = {}
         self._leader_commit = 0  # as a follower: the leader's commit index
         self._voted = (0, 0)  # (epoch, leader) as durable in the meta file
         self._last_tick: float | None = None
@@ -606,6 +609,7 @@ class Node:
 
     def _on_Heartbeat(self, peer: int, message: Heartbeat) -> None:
         self._peer(peer).status = message
+        self._commit_seen[peer] = max(self._commit_seen.get(peer, 0), message.commit_index)
         if message.epoch > self.epoch and message.role == LEADER:
             if self.role == LEADER:
                 self._step_down("node %d leads in the newer epoch %d" % (peer, message.epoch))
@@ -652,7 +656,10 @@ class Node:
         rank = self._rank()
         leader = self._healthy_leader()
         self.network.send(
-            peer, ElectionAnswer(self.epoch, rank.last_epoch, rank.last_index, leader)
+            peer,
+            ElectionAnswer(
+                self.epoch, rank.last_epoch, rank.last_index, leader, peer in self.cluster.live
+            ),
         )
         if self.role == LEADER:
             # It lost us; make sure it hears from us again.
@@ -672,6 +679,9 @@ class Node:
 
     def _on_ElectionAnswer(self, peer: int, message: ElectionAnswer) -> None:
         self._note_epoch(message.epoch)
+        if not message.live:
+            rank = election.Rank(message.last_epoch, message.last_index, peer)
+            self._fresher_excluders[peer] = max(rank, self._fresher_excluders.get(peer, rank))
         if self.role != CANDIDATE:
             return
         if message.leader and message.leader != self.node_id:
@@ -700,8 +710,27 @@ class Node:
         winner = election.outcome(
             self.node_id, self._rank(), self.cluster.live, self._answers, peers, forced
         )
-        if winner == self.node_id:
+        if winner == self.node_id and (forced or self._may_lead()):
             self._become_leader()
+
+    def _may_lead(self) -> bool:
+        """
+        Whether no peer that is down now told this node its log lacks
+        committed entries: by a commit index past its log, or, fresher,
+        by saying it is out of the live set.  It would lead stale, and a
+        member merely being down cannot excuse that (force-lead is the way
+        past a member gone for good).  A peer that is up takes part in the
+        election, which the freshest wins: after a healed partition, where
+        both sides committed, the merge then keeps everything.
+        """
+        rank = self._rank()
+        for peer, commit in self._commit_seen.items():
+            if commit > rank.last_index and self._is_down(peer):
+                return False
+        for peer, fresher in self._fresher_excluders.items():
+            if fresher > rank and self._is_down(peer):
+                return False
+        return True
 
     def force_lead(self) -> None:
         """

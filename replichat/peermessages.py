@@ -69,12 +69,18 @@ class ElectionAnswer:
     @ivar leader: a leader the answering server still hears from (0 for
         none): a candidate that gets one follows it instead of going on,
         so a returning server never deposes a healthy leader.
+    @ivar live: whether the candidate is in the live set of the answering
+        server's newest configuration.  A candidate that restarted after
+        being taken out of the live set does not know it; told so by a
+        fresher server, it never leads on its stale log, even once that
+        server is gone (DESIGN.md, section 6.2).
     """
 
     epoch: int
     last_epoch: int
     last_index: int
     leader: int
+    live: bool = True
 
 
 @frozen

@@ -746,3 +746,32 @@ class PartitionTests(ClusterTestCase):
         self.assertEqual([n for n in names(node) if n.startswith("erin")], ["erin"])
         self.assertEqual(self.texts(node, "erin"), ["to erin"])
         self.assertIn("from erin", self.texts(node, "alice"))
+
+
+class StaleServerTests(ClusterTestCase):
+    def test_stale_member_never_leads(self):
+        """
+        DESIGN 6.2: a server taken out of the live set while it was down
+        comes back, hears (but cannot yet fetch) what the others committed,
+        and they die: it does not lead on its stale log, until forced.
+        """
+        cluster = self.cluster()
+        cluster.start_all()
+        leader = self.elect(cluster)
+        stale = min(n for n in cluster.nodes if n != leader.node_id)
+        cluster.crash(stale)
+        cluster.run_until(lambda: stale not in leader.cluster.live, 3.0)
+        for i in range(5):
+            self.write(cluster, "w%d" % (i,))
+        cluster.network.drop = lambda src, dst, m: dst == stale and type(m).__name__ in (
+            "Append", "SnapshotChunk", "Coordinator")
+        node = cluster.start(stale)
+        cluster.run(0.5)
+        for other in [n for n in list(cluster.nodes) if n != stale]:
+            cluster.crash(other)
+        cluster.network.drop = None
+        cluster.run(3.0)
+        self.assertFalse(node.serving)
+        self.assertEqual(node.role, "candidate")
+        node.force_lead()
+        cluster.run_until(lambda: node.serving, 3.0)
