@@ -87,12 +87,15 @@ class ChatHandler:
     @param hasher: a L{replichat.passwords.PasswordHasher}.
     @param cluster: a L{replichat.config.Config} (addresses for C{hello}).
     @param limits: the config's limits.
+    @param token: makes a session token from a byte count (a simulation
+        passes a seeded one, so that its runs repeat exactly).
     """
 
     log = Logger()
 
-    def __init__(self, node, hasher, cluster, limits, clock) -> None:
+    def __init__(self, node, hasher, cluster, limits, clock, token=secrets.token_urlsafe) -> None:
         self.node = node
+        self.token = token
         self.hasher = hasher
         self.cluster = cluster
         self.limits = limits
@@ -245,7 +248,7 @@ class ChatHandler:
         if not matched:
             raise ChatError(errors.BAD_CREDENTIALS, "wrong username or password")
         self._forget_login_attempt(username, attempt)
-        token = secrets.token_urlsafe(32)
+        token = self.token(32)
         hashed = token_hash(token)
         # Never deduplicated: a retried login must get a session of its own,
         # since the first one's token never reached the client.

@@ -83,7 +83,7 @@ from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import globalLogBeginner, globalLogPublisher
 
-from replichat import errors, failpoints, handler as handler_module
+from replichat import errors, failpoints
 from replichat.config import parse_config
 from replichat.errors import ChatError
 from replichat.handler import ChatHandler, Session
@@ -277,33 +277,6 @@ class SimHasher:
 
     def check(self, password: str, record: dict | None) -> Deferred:
         return succeed(record is not None and record.get("hash") == self._digest(password))
-
-
-class _SeededSecrets:
-    """
-    Stands in for the C{secrets} module in L{replichat.handler} during a run:
-    session tokens from the seed, so that the log (which holds their hashes)
-    is the same on every run.
-    """
-
-    def __init__(self, rng: random.Random) -> None:
-        self._rng = rng
-
-    def token_urlsafe(self, nbytes: int = 32) -> str:
-        return "tok-%032x" % (self._rng.getrandbits(128),)
-
-
-@contextmanager
-def _seeded_tokens(rng: random.Random) -> Iterator[None]:
-    # ChatHandler makes tokens with secrets.token_urlsafe and takes no
-    # source of randomness to inject, so swap the module it calls for the
-    # run (and always put it back).
-    saved = handler_module.secrets
-    handler_module.secrets = _SeededSecrets(rng)
-    try:
-        yield
-    finally:
-        handler_module.secrets = saved
 
 
 class _Trace:
@@ -1120,6 +1093,10 @@ class Simulation:
             "data_dir": "unused",
         })
         self.hasher = SimHasher()
+        tokens = random.Random("replichat-sim-tokens:%d" % (seed,))
+        # Session tokens from the seed, so the log (which holds their
+        # hashes) is the same on every run.
+        self.token = lambda nbytes: "tok-%032x" % (tokens.getrandbits(128),)
         self.nemesis = Nemesis(self, SCENARIOS[settings.scenario])
         per_client = max(1, settings.ops // settings.clients)
         self.clients = [SimClient(self, "c%d" % (i,), per_client)
@@ -1165,7 +1142,8 @@ class Simulation:
             self.cluster.network.detach(node_id)
             return
         self.handlers[node_id] = ChatHandler(
-            node, self.hasher, self.config, self.config.limits, self.cluster.processes[node_id]
+            node, self.hasher, self.config, self.config.limits, self.cluster.processes[node_id],
+            token=self.token,
         )
         self.connections[node_id] = []
         self.update_sync_hook(node_id)
@@ -1459,8 +1437,7 @@ def run_seed(seed: int, settings: Settings | None = None, **overrides: Any) -> R
     settings = base.for_seed(seed)
     started = time.perf_counter()
     sim = Simulation(seed, settings)
-    with _seeded_tokens(random.Random("replichat-sim-tokens:%d" % (seed,))), \
-            _capture_logged_failures(sim):
+    with _capture_logged_failures(sim):
         converged, report = sim.run()
     anomalies = tuple(report.anomalies) + tuple(sim.anomalies)
     for anomaly in anomalies:
