@@ -1144,7 +1144,11 @@ class Node:
         handing the client commands cut to the leader (L{replichat.merge}).
         """
         log = self.disk_log
-        found = merge.orphans(self._decoded(index + 1, log.last_index))
+        # Only what this node knows committed may have been acknowledged
+        # (by it or its leader).  An uncommitted entry never was, and a
+        # retry may since have been given a definite answer that applying
+        # it now would contradict: it is dropped, as in Raft.
+        found = merge.orphans(self._decoded(index + 1, min(self.commit_index, log.last_index)))
         below = index < self.commit_index
         (self.log.warn if below else self.log.info)(
             "the leader's log diverges after {index} (commit index {commit}); "

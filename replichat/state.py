@@ -217,14 +217,17 @@ class ChatState:
                 if not command.get("merged"):
                     return self._repeat(command, remembered)
                 if remembered[3] is None:
-                    # Both sides of a partition applied this request; keep
-                    # the winner's effect and point the loser's id at it.
+                    # Both sides of a partition applied this request (a
+                    # client retried across the split).  Keep the winner's
+                    # effect and point the loser's id at it.
                     made = remembered[4]
                     if made is not None and made != new_id:
                         self.aliases[new_id] = made
                     return self._repeat(command, remembered)
-                # The winning side refused it, with no effect; the losing
-                # side applied it and answered: apply it now, once.
+                # The winner refused it, with no effect, and the losing side
+                # committed it, perhaps acknowledged: one of the two answers
+                # was lost on its way to the client.  Apply it, once: better
+                # an effect after a refusal than a lost acknowledged write.
         handler = getattr(self, "_apply_" + command["op"])
         try:
             outcome = handler(command, new_id)

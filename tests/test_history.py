@@ -1147,3 +1147,496 @@ class MailboxTests(SynchronousTestCase):
         record.user = None
         kinds = run.check().kinds()
         self.assertIn(H.MISDELIVERED, kinds)
+
+
+def compacted(run: Run, at: int, node_id: int = 1) -> Replica:
+    """
+    A server whose log was compacted up to C{at}: it holds the snapshot
+    there and the entries after it.
+    """
+    snapshot = Snapshot(at, 1, replay(run.entries, at).to_snapshot())
+    return Replica(
+        node_id, len(run.entries), tuple(run.entries[at:]), snapshot, replay(run.entries)
+    )
+
+
+def origin_id(epoch: int, index: int) -> int:
+    return epoch * 10**10 + index
+
+
+class Heal:
+    """
+    Builds, on a L{Run} (the winning side's log), what a partition's losing
+    side did: ops answered there (and not committed on the winner), and the
+    commands it hands in when the partition heals.
+    """
+
+    def __init__(self, run: Run, epoch: int = 2) -> None:
+        self.run = run
+        self.epoch = epoch
+
+    def answered(self, client, op, args, result=None, error=None, rid=True, user=None):
+        """
+        C{client}'s C{op}, answered C{result} (or refused C{error}) by the
+        losing side.
+        """
+        run = self.run
+        rid = run.rid() if rid is True else rid
+        record = run.history.invoke(
+            client, op, args, rid=rid, user=run.users.get(client) if user is None else user,
+            token=run.tokens.get(client), at=run.tick(),
+        )
+        if error is not None:
+            run.history.fail(record, error, run.tick())
+        else:
+            run.history.ok(record, result, run.tick())
+        return record
+
+    def merge(self, command: dict, index: int, record=None):
+        """
+        Commit the command the losing side had at C{index}, re-proposed.
+        """
+        command = {**command, "ts": command.get("ts", 1.0), "origin": [self.epoch, index],
+                   "merged": True}
+        if record is not None and record.rid is not None:
+            command.update(rid=record.rid, fp="fp-" + record.rid)
+        elif command.get("rid") is None:
+            command.update(rid="~origin:%d.%d" % (self.epoch, index), fp="merged")
+        return self.run.commit(command)
+
+    def message(self, index: int, sender: str, to: str, text: str) -> dict:
+        return {"id": origin_id(self.epoch, index), "from": sender, "to": to, "text": text,
+                "sent_at": 1.0}
+
+
+class PartitionTests(SynchronousTestCase):
+    """
+    What a partition's heal does (L{replichat.merge}, L{replichat.state}) is
+    not an anomaly, and what it does not do still is.
+    """
+
+    def test_dropped_with_deleted_account_by_alias(self):
+        """
+        A merged send to the losing side's id of an account that is an alias
+        of the winner's, which the winner deleted before, is dropped with
+        it.
+        """
+        run = Run()
+        run.account("a", "alice")
+        heal = Heal(run)
+        record, _ = run.create("b", "bob")
+        # The losing side applied a retry of the same create: its uid is an
+        # alias of the winner's.
+        heal.merge({"op": "create_account", "who": None, "username": "bob",
+                    "password": PASSWORD}, 30, record)
+        bob_here = origin_id(2, 30)
+        self.assertEqual(run.state.aliases, {bob_here: run.uid("bob")})
+        send = heal.answered("a", "send", {"to": "bob", "text": "late"},
+                             {"message": heal.message(31, "alice", "bob", "late")})
+        run.login("b", "bob")
+        run.delete_account("b")
+        outcome = heal.merge({"op": "send", "who": run.uid("alice"), "to": bob_here,
+                              "text": "late"}, 31, send)
+        self.assertEqual(outcome.error.code, errors.NO_SUCH_USER)
+        report = run.check(partitioned=True)
+        self.assertEqual(report.anomalies, [], report.describe(run.history))
+        self.assertEqual(report.stats["merged writes dropped with their account"], 1)
+
+    def test_account_gone_but_never_deleted(self):
+        """
+        A merged write that fails with an "account gone" error is a
+        misanswered write unless a committed delete_account of that account
+        came before it: never deleted, or deleted only after.
+        """
+        run = Run()
+        run.account("a", "alice")
+        heal = Heal(run)
+        # Its own account id is one that never existed.
+        nowhere = heal.answered("a", "send", {"to": "alice", "text": "x"},
+                                {"message": heal.message(20, "alice", "alice", "x")})
+        outcome = heal.merge({"op": "send", "who": 12345, "to": run.uid("alice"),
+                              "text": "x"}, 20, nowhere)
+        self.assertEqual(outcome.error.code, errors.NOT_LOGGED_IN)
+        # The recipient's account is merged only after the send, and
+        # deleted later still.
+        heal.answered("z", "create_account", {"username": "zed", "password": "pw"},
+                      {"username": "zed"})
+        early = heal.answered("a", "send", {"to": "zed", "text": "y"},
+                              {"message": heal.message(22, "alice", "zed", "y")})
+        outcome = heal.merge({"op": "send", "who": run.uid("alice"),
+                              "to": origin_id(2, 21), "text": "y"}, 22, early)
+        self.assertEqual(outcome.error.code, errors.NO_SUCH_USER)
+        heal.merge({"op": "create_account", "who": None, "username": "zed",
+                    "password": PASSWORD}, 21, run.history.ops[-2])
+        run.users["z"] = "zed"
+        run.delete_account("z")
+        report = run.check(partitioned=True)
+        self.assertEqual(
+            [(a.kind, a.ops) for a in report.anomalies],
+            [(H.WRONG_ANSWER, (nowhere.number,)), (H.WRONG_ANSWER, (early.number,))],
+        )
+
+    def test_login_dropped_with_account(self):
+        """
+        A login acknowledged on the losing side, re-proposed after the
+        winner deleted the account, fails with it and was not lost; one
+        whose account was never deleted was.
+        """
+        run = Run()
+        run.account("b", "bob")
+        heal = Heal(run)
+        login = heal.answered("x", "login", {"username": "bob", "password": "pw"},
+                              {"token": "tok-x", "unread": 0}, rid=None)
+        bob = run.uid("bob")
+        run.delete_account("b")
+        outcome = heal.merge({"op": "login", "who": bob,
+                              "token_hash": token_hash("tok-x")}, 40)
+        self.assertEqual(outcome.error.code, errors.NOT_LOGGED_IN)
+        report = run.check(partitioned=True)
+        self.assertEqual(report.anomalies, [], report.describe(run.history))
+        self.assertEqual(report.stats["merged logins dropped with their account"], 1)
+
+        run.entries[-1] = Entry(
+            run.entries[-1].index, 1,
+            encode({**decode(run.entries[-1].data), "who": 777}),
+        )
+        run.state = replay(run.entries)
+        report = run.check(partitioned=True)
+        self.assertEqual([(a.kind, a.ops) for a in report.anomalies],
+                         [(H.WRONG_ANSWER, (login.number,))])
+
+    def test_retried_on_both_sides(self):
+        """
+        A send committed by the winner and retried on the losing side,
+        which answered with its own message id: that id is an alias of the
+        winner's, and what its client was shown under it is the same
+        message.  Without the alias it would not be.
+        """
+        run = Run()
+        run.account("a", "alice")
+        run.account("b", "bob")
+        heal = Heal(run)
+        record, winner = run.send("a", "bob", "both", answer=False)
+        theirs = {**heal.message(60, "alice", "bob", "both"), "sent_at": 7.5}
+        run.history.ok(record, {"message": theirs}, run.tick())
+        run.push("b", theirs)
+        history = run.history.invoke("a", "history", {}, user="alice", token=run.tokens["a"],
+                                     at=run.tick())
+        run.history.ok(history, {"messages": [theirs]}, run.tick())
+        unaliased = run.check(partitioned=True).kinds()
+        self.assertEqual(unaliased, {H.WRONG_ANSWER: 1, H.UNCOMMITTED_READ: 2})
+
+        heal.merge({"op": "send", "who": run.uid("alice"), "to": run.uid("bob"),
+                    "text": "both"}, 60, record)
+        self.assertEqual(run.state.aliases, {theirs["id"]: winner.result["message"]["id"]})
+        report = run.check(partitioned=True)
+        self.assertEqual(report.anomalies, [], report.describe(run.history))
+        self.assertEqual(report.stats["answers with an aliased id"], 1)
+        self.assertEqual(report.stats["messages shown by an aliased id"], 2)
+
+        # An alias stands for a message that says the same.
+        run.history.pushed("b", {**theirs, "text": "else"}, user="bob", token=run.tokens["b"])
+        self.assertEqual(list(run.check(partitioned=True).kinds()), [H.UNCOMMITTED_READ])
+
+    def test_refused_by_the_losing_side(self):
+        """
+        A retry refused by the losing side (username_taken: it had not seen
+        the winner apply the first attempt) proves nothing during a
+        partition; without partitions the refusal was definite.
+        """
+        run = Run()
+        record, _ = run.create("c", "carol", answer=False)
+        run.history.fail(record, errors.USERNAME_TAKEN, run.tick())
+        report = run.check(partitioned=True)
+        self.assertEqual(report.anomalies, [], report.describe(run.history))
+        self.assertEqual(report.stats["refused during a partition, applied"], 1)
+        self.assertEqual(list(run.check().kinds()), [H.FAILED_BUT_APPLIED])
+
+    def test_refused_by_winner_applied_when_merged(self):
+        """
+        A request the winner refused and the losing side applied takes
+        effect once when merged: no duplicate.  Its client, if the losing
+        side answered it, was answered right; if the winner did, then
+        without partitions (an orphan of a crashed leader's log, never
+        acknowledged) the refusal was definite and the effect breaks it.
+        """
+        run = Run()
+        run.account("a", "alice")
+        _, sent = run.send("a", "alice", "doomed")
+        message_id = sent.result["message"]["id"]
+        heal = Heal(run)
+        # Winner: not_found (the id is not the client's yet, say); loser:
+        # deleted it.
+        record, refused = run.write(
+            "a", "delete_messages", {"ids": [message_id, 999]},
+            {"op": "delete_messages", "who": run.uid("alice"), "ids": [message_id, 999]},
+            answer=False,
+        )
+        self.assertEqual(refused.error.code, errors.NOT_FOUND)
+        merged = heal.merge({"op": "delete_messages", "who": run.uid("alice"),
+                             "ids": [message_id, 999]}, 70, record)
+        self.assertEqual(merged.result, {"deleted": 1})
+        self.assertFalse(merged.duplicate)
+
+        run.history.ok(record, {"deleted": 2}, run.tick())  # the losing side's answer
+        report = run.check(partitioned=True)
+        self.assertEqual(report.anomalies, [], report.describe(run.history))
+
+        record.status, record.result, record.error = H.FAIL, None, errors.NOT_FOUND
+        self.assertTrue(run.check(partitioned=True).ok)
+        self.assertEqual(list(run.check().kinds()), [H.FAILED_BUT_APPLIED])
+
+    def test_two_effects_are_a_duplicate(self):
+        """
+        Both applications of a rid taking effect is still a duplicate,
+        merged or not.
+        """
+        run = Run()
+        run.account("a", "alice")
+        record, _ = run.send("a", "alice", "x")
+        with failpoints.planted(failpoints.FORGET_RID_DEDUPE):
+            Heal(run).merge({"op": "send", "who": run.uid("alice"), "to": run.uid("alice"),
+                             "text": "x"}, 50, record)
+            kinds = run.check(partitioned=True).kinds()
+        self.assertIn(H.DUPLICATE, kinds)
+
+    def test_read_answered_by_losing_side(self):
+        """
+        A read retried on the losing side, whose rid the winner committed
+        too, may be answered otherwise (reads are not re-proposed: its
+        messages come back unread, and are read again) during a partition,
+        not without.
+        """
+        run = Run()
+        run.account("a", "alice")
+        run.account("b", "bob")
+        heal = Heal(run)
+        sent = heal.answered("a", "send", {"to": "bob", "text": "hi"},
+                             {"message": heal.message(80, "alice", "bob", "hi")})
+        first, outcome = run.read("b", answer=False)
+        self.assertEqual(outcome.result, {"messages": [], "remaining": 0})
+        run.history.ok(first, {"messages": [heal.message(80, "alice", "bob", "hi")],
+                               "remaining": 0}, run.tick())
+        heal.merge({"op": "send", "who": run.uid("alice"), "to": run.uid("bob"),
+                    "text": "hi"}, 80, sent)
+        again, outcome = run.read("b")
+        self.assertEqual(len(outcome.result["messages"]), 1)
+        report = run.check(partitioned=True)
+        self.assertEqual(report.anomalies, [], report.describe(run.history))
+        self.assertEqual(report.stats["reads answered by a losing side"], 1)
+        kinds = run.check().kinds()
+        self.assertIn(H.WRONG_ANSWER, kinds)
+        self.assertIn(H.READ_TWICE, kinds)
+
+    def test_realtime_after_reproposed(self):
+        """
+        A write acknowledged by a losing side and committed by the winner
+        too (the same rid) may come after what its client did next,
+        during a partition.
+        """
+        run = Run()
+        run.account("a", "alice")
+        heal = Heal(run)
+        early = heal.answered("a", "send", {"to": "alice", "text": "one"},
+                              {"message": heal.message(90, "alice", "alice", "one")})
+        run.send("a", "alice", "two")
+        # The first's retry reached the winner late, and the loser's entry
+        # was handed in.
+        run.commit({"op": "send", "who": run.uid("alice"), "to": run.uid("alice"),
+                    "text": "one", "ts": run.tick(), "rid": early.rid, "fp": "fp-" + early.rid})
+        heal.merge({"op": "send", "who": run.uid("alice"), "to": run.uid("alice"),
+                    "text": "one"}, 90, early)
+        report = run.check(partitioned=True)
+        self.assertEqual(report.anomalies, [], report.describe(run.history))
+        self.assertIn(H.REALTIME, run.check().kinds())
+
+
+class CompactedPartitionTests(SynchronousTestCase):
+    """
+    A run with partitions checks the same from a snapshot taken after its
+    heals as from the whole log: what came before it is judged from the
+    snapshot's rid memory (first answers, ids made) and aliases.
+    """
+
+    def partitioned_run(self) -> Run:
+        run = Run()
+        run.account("a", "alice")
+        run.account("b", "bob")
+        run.account("y", "dup")
+        heal = Heal(run)
+        # Created on both sides: the loser's becomes dup~2.
+        dup = heal.answered("x", "create_account", {"username": "dup", "password": "pw"},
+                            {"username": "dup"}, user="dup")
+        heal.merge({"op": "create_account", "who": None, "username": "dup",
+                    "password": PASSWORD}, 20, dup)
+        # Sent to dup~2 on the losing side.
+        to_dup = heal.answered("a", "send", {"to": "dup", "text": "for dup"},
+                               {"message": heal.message(21, "alice", "dup", "for dup")})
+        heal.merge({"op": "send", "who": run.uid("alice"), "to": origin_id(2, 20),
+                    "text": "for dup"}, 21, to_dup)
+        # Refused by the losing side, applied by the winner.
+        record, _ = run.create("c", "carol", answer=False)
+        run.history.fail(record, errors.USERNAME_TAKEN, run.tick())
+        # Refused by the winner, applied by the losing side, then merged.
+        _, sent = run.send("a", "alice", "doomed")
+        doomed = sent.result["message"]["id"]
+        delete, _ = run.write(
+            "a", "delete_messages", {"ids": [doomed, 999]},
+            {"op": "delete_messages", "who": run.uid("alice"), "ids": [doomed, 999]},
+        )
+        self.merge_delete = lambda: heal.merge(
+            {"op": "delete_messages", "who": run.uid("alice"), "ids": [doomed, 999]},
+            22, delete,
+        )
+        # Sent, shown, and gone with both accounts.
+        run.account("e", "eve")
+        _, sent = run.send("b", "eve", "short-lived")
+        run.push("e", sent.result["message"])
+        run.delete_account("e")
+        # Dropped with bob's account, deleted by the winner.
+        late = heal.answered("a", "send", {"to": "bob", "text": "late"},
+                             {"message": heal.message(23, "alice", "bob", "late")})
+        bob = run.uid("bob")
+        run.delete_account("b")
+        heal.merge({"op": "send", "who": run.uid("alice"), "to": bob, "text": "late"}, 23, late)
+        # Listed while it existed.
+        listing = run.history.invoke("x", "list_accounts", {}, at=run.tick())
+        run.history.ok(listing, {"accounts": ["alice", "dup", "dup~2", "eve"], "total": 4},
+                       run.tick())
+        return run
+
+    def test_clean_whole_and_compacted(self):
+        """
+        The run checks clean from its whole log and from a snapshot at its
+        end; the merged delete handed in after the snapshot is no duplicate.
+        """
+        run = self.partitioned_run()
+        at = len(run.entries)
+        self.merge_delete()
+        for replicas in ([run.replica(1)], [compacted(run, at)]):
+            report = run.check(replicas, partitioned=True)
+            self.assertEqual(report.anomalies, [], report.describe(run.history))
+        self.assertEqual(report.stats["entries"], 1)
+
+    def test_login_repeated_after_snapshot(self):
+        """
+        A login acknowledged on the losing side, merged before the snapshot
+        (its session since ended) and handed in again after it, was
+        committed: the repeat says so.
+        """
+        run = Run()
+        run.account("b", "bob")
+        heal = Heal(run)
+        heal.answered("x", "login", {"username": "bob", "password": "pw"},
+                      {"token": "tok-x", "unread": 0}, rid=None)
+        login = {"op": "login", "who": run.uid("bob"), "token_hash": token_hash("tok-x")}
+        heal.merge(login, 40)
+        run.commit({"op": "logout", "who": run.uid("bob"), "token_hash": token_hash("tok-x"),
+                    "ts": 2.0})
+        at = len(run.entries)
+        self.assertTrue(heal.merge(login, 40).duplicate)
+        report = run.check([compacted(run, at)], partitioned=True)
+        self.assertEqual(report.anomalies, [], report.describe(run.history))
+
+    def test_still_checked_before_snapshot(self):
+        """
+        From a snapshot, a misanswered write before it, a message shown
+        altered that was made and deleted before it, and an account listed
+        that nothing created are still found.
+        """
+        run = self.partitioned_run()
+        run.history.ops[-1].result = {"accounts": ["mallory"], "total": 1}
+        shown = run.history.pushes[0]
+        run.history.events[shown.number - 1] = H.Push(
+            shown.number, shown.client, {**shown.message, "text": "forged"}, shown.user,
+            shown.session, shown.at,
+        )
+        carol = next(op for op in run.history.ops if op.args.get("username") == "carol")
+        carol.status, carol.result, carol.error = H.OK, {"username": "carol2"}, None
+        report = run.check([compacted(run, len(run.entries))], partitioned=True)
+        self.assertEqual(
+            sorted((a.kind, a.ops) for a in report.anomalies),
+            [(H.UNCOMMITTED_READ, (shown.number,)),
+             (H.UNCOMMITTED_READ, (run.history.ops[-1].number,)),
+             (H.WRONG_ANSWER, (carol.number,))],
+        )
+
+
+class StaleReadTests(SynchronousTestCase):
+    """
+    Without partitions or pauses a read sees every send acknowledged
+    before it was invoked.
+    """
+
+    def stale_run(self):
+        """
+        A send acknowledged by a leader that died before its followers had
+        it: the new leader commits a read that misses it, and the send
+        comes back later (re-proposed from the old leader's log).
+        """
+        run = Run()
+        run.account("a", "alice")
+        run.account("b", "bob")
+        heal = Heal(run)
+        sent = heal.answered("a", "send", {"to": "bob", "text": "acked"},
+                             {"message": heal.message(9, "alice", "bob", "acked")})
+        read, _ = run.read("b")
+        heal.merge({"op": "send", "who": run.uid("alice"), "to": run.uid("bob"),
+                    "text": "acked"}, 9, sent)
+        return run, sent, read
+
+    def test_stale(self):
+        """
+        The read is stale; the checker says so unless told that the run
+        may read stale (partitions, paused servers).
+        """
+        run, sent, read = self.stale_run()
+        report = run.check()
+        self.assertEqual([(a.kind, a.ops) for a in report.anomalies],
+                         [(H.STALE_READ, (sent.number, read.number))])
+        self.assertTrue(run.check(linearizable=False).ok)
+        self.assertTrue(run.check(partitioned=True).ok)
+        self.assertIn(H.STALE_READ, run.check(partitioned=True, linearizable=True).kinds())
+
+    def test_read_before_or_deleted(self):
+        """
+        A message taken by an earlier committed read (whose client never
+        heard back) or deleted by its recipient is not missed; nor is one
+        a read that did not empty the unread messages left out.
+        """
+        run = Run()
+        run.account("a", "alice")
+        run.account("b", "bob")
+        _, sent = run.send("a", "bob", "taken")
+        lost, _ = run.read("b", answer=False)
+        run.history.unknown(lost, run.tick(), "timeout")
+        _, sent = run.send("a", "bob", "deleted")
+        run.write("b", "delete_messages", {"ids": [sent.result["message"]["id"]]},
+                  {"op": "delete_messages", "who": run.uid("bob"),
+                   "ids": [sent.result["message"]["id"]]})
+        run.read("b")
+        run.send("a", "bob", "one")
+        run.send("a", "bob", "two")
+        run.read("b", limit=1)
+        self.assertTrue(run.check().ok)
+        self.assertGreaterEqual(run.check().stats["reads checked for staleness"], 1)
+
+    def test_from_snapshot(self):
+        """
+        A message sent before the snapshot and still unread there is
+        checked too.
+        """
+        run = Run()
+        run.account("a", "alice")
+        run.account("b", "bob")
+        heal = Heal(run)
+        sent = heal.answered("a", "send", {"to": "bob", "text": "acked"},
+                             {"message": heal.message(9, "alice", "bob", "acked")})
+        heal.merge({"op": "send", "who": run.uid("alice"), "to": run.uid("bob"),
+                    "text": "acked"}, 9, sent)
+        at = len(run.entries)
+        read, outcome = run.read("b", answer=False)
+        run.history.ok(read, {"messages": [], "remaining": 0}, run.tick())
+        report = run.check([compacted(run, at)])
+        self.assertIn((H.STALE_READ, (sent.number, read.number)),
+                      [(a.kind, a.ops) for a in report.anomalies])

@@ -573,15 +573,17 @@ class MergeTests(SynchronousTestCase):
     def test_refused_by_winner_applied_once_merged(self) -> None:
         """
         A request the winning side refused (no effect) but the losing side
-        applied is applied when merged.
+        committed is applied when merged, once: one of the two answers was
+        lost, and the one that said it took effect must hold.
         """
         d = Driver()
         d.create("alice")
-        d.apply({"op": "send", "who": d.uid("alice"), "to": 12345, "text": "lost?",
-                 "rid": "r-x", "fp": "fp"})
         d.create("bob")
-        outcome = d.apply({"op": "send", "who": d.uid("alice"), "to": d.uid("bob"),
-                           "text": "lost?", "rid": "r-x", "fp": "fp",
-                           "origin": [7001, 9], "merged": True})
-        self.assertIsNone(outcome.error)
+        refused = d.apply({"op": "send", "who": d.uid("alice"), "to": 12345, "text": "x",
+                           "rid": "r-x", "fp": "fp"})
+        self.assertEqual(refused.error.code, errors.NO_SUCH_USER)
+        merged = {"op": "send", "who": d.uid("alice"), "to": d.uid("bob"), "text": "x",
+                  "rid": "r-x", "fp": "fp", "origin": [7001, 9], "merged": True}
+        self.assertIsNone(d.apply(merged).error)
+        self.assertTrue(d.apply(dict(merged)).duplicate)
         self.assertEqual(len(d.state.messages), 1)

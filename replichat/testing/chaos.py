@@ -1336,8 +1336,11 @@ class ChaosDriver:
         self.checked = False
         if replicas and not self.harness_errors:
             partitioned = any(self.faults[k] for k in ("isolate", "bridge", "one-way"))
+            # A server paused past the failure timeout can lead stale once
+            # the others die: reads are only linearizable without pauses.
             report = check(self.history, replicas, converged=converged and not self.partial,
-                           partitioned=partitioned)
+                           partitioned=partitioned,
+                           linearizable=not (partitioned or self.faults["pause"]))
             self.anomalies.extend(report.anomalies)
             self.notes.extend(report.notes)
             self.notes.append("checker: " + report.summary())

@@ -37,7 +37,10 @@ L{replichat.state.ChatState}, and reports every L{Anomaly}:
     that was later lost;
   - L{READ_TWICE}: two acknowledged reads returned the same message;
   - L{REALTIME}: a request took effect before one acknowledged before it
-    was even sent.
+    was even sent;
+  - L{STALE_READ}: a read that emptied its account's unread messages missed
+    one whose send was acknowledged before the read was invoked (checked
+    only for runs that promise linearizable reads: see L{check}).
 
 Request ids make writes traceable: an operation with a C{rid} is matched to
 the entries that carry it, so give every write one (the client library
@@ -48,11 +51,23 @@ A partition's heal re-proposes what the losing side committed
 (L{replichat.merge}), and such a command may answer otherwise than it did
 there, in the documented ways only: an account both sides created is
 renamed C{name~2} (names are compared up to that suffix), a merged
-C{delete_messages} skips ids already gone, a write whose own account the
-winning side deleted is dropped with it, and it is ordered after what the
-winning side acknowledged meanwhile.  Reads are not re-proposed, so a run
-with partitions is checked with C{partitioned=True}, which accepts an
-acknowledged read missing from the log.
+C{delete_messages} skips ids already gone, a write whose account the
+winning side deleted (by a committed C{delete_account} before it) is
+dropped with it, and it is ordered after what the winning side
+acknowledged meanwhile.  A request both sides applied (its rid retried
+across the split) keeps the winner's effect, and the ids the loser gave
+are aliases of the winner's (C{ChatState.aliases}): the checker takes an
+id a client was given as the one it is an alias of.  A request the winner
+refused and the loser applied takes effect when merged.  Reads are not
+re-proposed, so a run with partitions is checked with C{partitioned=True},
+which accepts an acknowledged read missing from the log or answered
+otherwise than its committed entry, and a definite error that a side
+unaware of the other's writes gave.
+
+A replay may start from a snapshot (the logs were compacted): what was
+applied before it is judged from the snapshot's state, its rid memory
+(each request's first answer and the id it made) and its aliases, as far
+as they tell.
 
 Error codes are judged by what they prove: L{INDEFINITE_CODES} leave the
 outcome unknown, and only L{NO_EFFECT_CODES} prove that a write took no
@@ -90,7 +105,9 @@ INDEFINITE_CODES = frozenset({errors.UNAVAILABLE, errors.INTERNAL, "unreachable"
 #: Definite errors that a server gives only if the request (by its rid) has
 #: taken no effect: validation failures (the same for every attempt), and
 #: refusals that are skipped for a retry of an applied rid or come from
-#: applying it.  Other definite errors (C{not_logged_in}, C{bad_credentials},
+#: applying it.  (Not during a partition: a side that does not know the
+#: other applied the rid refuses a retry on its own state; see L{check}.)
+#: Other definite errors (C{not_logged_in}, C{bad_credentials},
 #: C{rate_limited}, C{not_leader} when the client library gives up) can
 #: answer a retry whose first attempt took effect out of the client's sight,
 #: so they prove nothing about the write.
@@ -125,10 +142,12 @@ MISDELIVERED = "misdelivered"
 UNCOMMITTED_READ = "uncommitted-read"
 READ_TWICE = "read-twice"
 REALTIME = "realtime"
+STALE_READ = "stale-read"
 
 KINDS = (
     DIVERGED, STATE, ORDER, NOT_CONVERGED, LOST, DUPLICATE, WRONG_ANSWER,
     FAILED_BUT_APPLIED, PHANTOM, MISDELIVERED, UNCOMMITTED_READ, READ_TWICE, REALTIME,
+    STALE_READ,
 )
 
 
@@ -575,12 +594,36 @@ class Applied:
     """
 
     index: int
-    command: dict
+    command: dict  # as committed
     result: Any
     error: str | None
     duplicate: bool
     who_name: str | None  # the name of the account C{who} named, before
     created: bool = False  # a send or create_account that made a new id
+    # The command with the ids it names (who, to, ids) resolved through the
+    # aliases known when it was applied, as the state machine applied it.
+    resolved: dict | None = None
+
+    @property
+    def who(self) -> int | None:
+        """
+        The account the command was applied to, after alias resolution.
+        """
+        return (self.command if self.resolved is None else self.resolved).get("who")
+
+    @property
+    def to(self) -> int | None:
+        """
+        A send's recipient, after alias resolution.
+        """
+        return (self.command if self.resolved is None else self.resolved).get("to")
+
+    @property
+    def ids(self) -> list:
+        """
+        A C{delete_messages}' ids, after alias resolution.
+        """
+        return list((self.command if self.resolved is None else self.resolved).get("ids") or ())
 
     @property
     def merged(self) -> bool:
@@ -614,6 +657,7 @@ class _Replay:
         self.applied: list[Applied] = []
         self.start = 0
         self.base_state: ChatState | None = None
+        self.state: ChatState | None = None
         self.digests: dict[int, str] = {}
         self.complete = False
         self._merge(replicas)
@@ -684,7 +728,8 @@ class _Replay:
             self.digests[start] = state.digest()
         for index in range(start + 1, top + 1):
             command = DECODER.decode(self.entries[index].data.decode("utf-8"))
-            who = command.get("who")
+            resolved = _resolved(state.aliases, command)
+            who = resolved.get("who")
             account = state.accounts.get(who) if who is not None else None
             sizes = len(state.messages), len(state.accounts)
             outcome = state.apply(index, command, self.entries[index].epoch)
@@ -697,6 +742,7 @@ class _Replay:
                     outcome.duplicate,
                     None if account is None else account.username,
                     created=len(state.messages) > sizes[0] or len(state.accounts) > sizes[1],
+                    resolved=resolved,
                 )
             )
             if index in wanted:
@@ -719,6 +765,23 @@ class _Replay:
                 )
 
 
+def _resolved(aliases: dict, command: dict) -> dict:
+    """
+    C{command} with the ids it names resolved through C{aliases}, as
+    L{ChatState.apply} resolves them (a losing side's id names the winner's).
+    """
+    if not aliases:
+        return command
+    changed = {}
+    for name in ("who", "to"):
+        if command.get(name) in aliases:
+            changed[name] = aliases[command[name]]
+    ids = command.get("ids")
+    if ids and any(i in aliases for i in ids):
+        changed["ids"] = [aliases.get(i, i) for i in ids]
+    return {**command, **changed} if changed else command
+
+
 def _short(data: bytes, limit: int = 120) -> str:
     text = data.decode("utf-8", "replace")
     return text if len(text) <= limit else text[:limit] + "..."
@@ -736,9 +799,14 @@ def _ranges(numbers: list[int]) -> str:
 
 # -- the checker ---------------------------------------------------------------------------
 
-#: Errors with which a command re-proposed after a partition finds an account
-#: of its own gone, deleted on the side that won: the write is dropped with
-#: the account, as an account's unread mail is when it is deleted.
+#: Errors with which a command re-proposed after a partition finds an
+#: account gone: C{not_logged_in} the account it acts as (C{who}),
+#: C{no_such_user} a send's recipient (C{to}).  The write is dropped with
+#: the account, as an account's unread mail is when it is deleted, but only
+#: if the winning side really deleted that account (after alias resolution)
+#: by a committed C{delete_account} before the entry (L{_Checker.account_gone}):
+#: a merged command finding an account missing for any other reason lost a
+#: write.
 ACCOUNT_GONE_CODES = frozenset({errors.NO_SUCH_USER, errors.NOT_LOGGED_IN})
 
 _ORIGIN_RID = "~origin:"
@@ -749,6 +817,7 @@ def check(
     replicas: Iterable[Replica],
     converged: bool = False,
     partitioned: bool = False,
+    linearizable: bool | None = None,
 ) -> Report:
     """
     Check a run: the servers against each other, and the clients' history
@@ -761,9 +830,59 @@ def check(
     @param partitioned: the run had partitions.  A read acknowledged on the
         side that lost is not re-proposed when the partition heals (its
         messages come back unread, see L{replichat.merge}), so an
-        acknowledged read missing from the log is then expected.
+        acknowledged read missing from the log, or answered otherwise than
+        the entry the winning side committed for the same rid, is then
+        expected; and a definite error proves no more that a write had no
+        effect, since the side that gave it may not know that the other
+        side applied the write.
+    @param linearizable: check for L{STALE_READ}s: every read sees every send
+        acknowledged before it was invoked.  By default, when the run had no
+        partitions.  Turn it off for a run with partitions (each side reads
+        only its own writes until the heal) and for a run that paused
+        servers (SIGSTOP, or anything that stalls one long enough to be
+        dropped from the live set): replication waits for the live set only,
+        so a follower dropped while paused misses what the others commit,
+        and if they then die it may lead with its stale log; the writes it
+        missed come back (re-proposed) when the others do, so nothing is
+        lost, but the reads in between do not show them, by design.
     """
-    return _Checker(history, list(replicas), converged, partitioned).run()
+    if linearizable is None:
+        linearizable = not partitioned
+    return _Checker(history, list(replicas), converged, partitioned, linearizable).run()
+
+
+@frozen
+class _Answer:
+    """
+    One application of a request id that was not a repeat of an earlier
+    one: a committed entry, or what the snapshot a replay starts from
+    remembers of the rid (its newest answer).
+
+    @ivar took: it succeeded (what its client would have been answered).
+    @ivar effect: it changed something (it took, and was no no-op).
+    @ivar merged: it was (or, before the replay's start, may have been) a
+        command re-proposed after a partition healed.
+    @ivar applied: the entry, or L{None} before the replay's start.
+    """
+
+    took: bool
+    effect: bool
+    result: Any
+    error: str | None
+    merged: bool
+    where: str
+    indexes: tuple
+    applied: Applied | None
+
+    @classmethod
+    def of(cls, applied: Applied) -> _Answer:
+        """
+        A committed entry's answer.
+        """
+        return cls(
+            applied.error is None, applied.effect, applied.result, applied.error,
+            applied.merged, "at index %d" % (applied.index,), (applied.index,), applied,
+        )
 
 
 class _Checker:
@@ -773,12 +892,18 @@ class _Checker:
     """
 
     def __init__(
-        self, history: History, replicas: list[Replica], converged: bool, partitioned: bool
+        self,
+        history: History,
+        replicas: list[Replica],
+        converged: bool,
+        partitioned: bool,
+        linearizable: bool = False,
     ) -> None:
         self.history = history
         self.replicas = replicas
         self.converged = converged
         self.partitioned = partitioned
+        self.linearizable = linearizable
         self.report = Report()
         self._digests: dict[int, str] = {}
 
@@ -813,6 +938,8 @@ class _Checker:
             self.check_entries_asked_for()
             self.check_reads()
             self.check_realtime()
+            if self.linearizable:
+                self.check_stale_reads()
         return self.report
 
     # -- the servers among themselves --------------------------------------------
@@ -898,70 +1025,197 @@ class _Checker:
     # -- the history against the log -----------------------------------------------
 
     def index_log(self) -> None:
+        replay = self.replay
+        self.aliases: dict[int, int] = replay.state.aliases
         self.by_rid: dict[str, list[Applied]] = defaultdict(list)
         self.created: dict[int, Applied] = {}  # message id -> the send that made it
         self.logins: dict[str, int] = {}  # token hash -> uid
+        self.login_entries: dict[str, list[Applied]] = defaultdict(list)  # token hash ->
+        self.deleted_at: dict[int, int] = {}  # uid -> the index of its delete_account
+        # (uid, message id) -> the index of the first read or delete_messages
+        # of that account that took the message from its unread ones.
+        self.consumed: dict[tuple, int] = {}
         self.names_created: set[str] = set()
-        for applied in self.replay.applied:
+        for applied in replay.applied:
             command = applied.command
+            op = command["op"]
             rid = command.get("rid")
             if rid is not None:
                 self.by_rid[rid].append(applied)
+            if op == "login":
+                self.login_entries[command["token_hash"]].append(applied)
             if not applied.effect:
                 continue
-            op = command["op"]
             if op == "send":
                 self.created[applied.result["message"]["id"]] = applied
             elif op == "login":
-                self.logins[command["token_hash"]] = command["who"]
+                self.logins[command["token_hash"]] = applied.who
             elif op == "create_account":
                 self.names_created.add(_base_name(applied.result["username"]))
+            elif op == "delete_account":
+                self.deleted_at.setdefault(applied.who, applied.index)
+            elif op == "read":
+                for message in applied.result["messages"]:
+                    self.consumed.setdefault((applied.who, message["id"]), applied.index)
+            elif op == "delete_messages":
+                for message_id in applied.ids:
+                    self.consumed.setdefault((applied.who, message_id), applied.index)
+        self.index_base()
+        self.dropped: set = set()  # ids of acknowledged messages dropped with an account
+        self.rid_less_sends = {
+            op.args.get("text") for op in self.history.ops if op.op == "send" and op.rid is None
+        }
+        self.rid_less_names = {
+            _base_name(op.args.get("username"))
+            for op in self.history.ops
+            if op.op == "create_account" and op.rid is None
+        }
+        self.report.stats["messages"] = len(self.created)
+
+    def index_base(self) -> None:
+        """
+        What the snapshot a replay starts from tells of what came before it:
+        its messages, sessions and accounts, and from its rid memory the
+        answer of every request it remembers (the messages sent and accounts
+        created then, even if deleted since) and the accounts a committed
+        C{delete_account} of a client in the history removed.
+        """
         base = self.replay.base_state
         self.base_messages = {} if base is None else base.messages
         self.base_sessions = {} if base is None else base.sessions
         self.base_rids = {} if base is None else base.rids
-        if base is not None:
-            self.names_created.update(_base_name(a.username) for a in base.accounts.values())
-        self.dropped: set = set()  # ids of acknowledged messages dropped with an account
-        self.report.stats["messages"] = len(self.created)
+        self.base_sent: dict[int, dict] = {}  # message id -> its wire form
+        self.base_deleted: set[int] = set()  # uids deleted before the replay's start
+        self.base_deleted_names: set[str] = set()
+        if base is None:
+            return
+        self.names_created.update(_base_name(a.username) for a in base.accounts.values())
+        for _, _, result, _, _ in base.rids.values():
+            value = None if result is None else DECODER.decode(result)
+            if not isinstance(value, dict):
+                continue
+            if isinstance(value.get("username"), str):  # create_account, login
+                self.names_created.add(_base_name(value["username"]))
+            message = value.get("message")
+            if isinstance(message, dict) and isinstance(message.get("id"), int):
+                self.base_sent[message["id"]] = message
+        for op in self.history.ops:
+            kept = self.base_rids.get(op.rid) if op.rid is not None else None
+            if (
+                op.op == "delete_account"
+                and kept is not None
+                and kept[3] is None
+                and kept[0] not in base.accounts  # (uids are never reused)
+            ):
+                self.base_deleted.add(kept[0])
+                self.base_deleted_names.add(_base_name(op.user))
 
-    def first_application(self, op: Op):
+    def canon(self, thing_id):
         """
-        The first application of C{op}'s rid (an L{Applied}, C{"base"} if
-        before the replay's start, or L{None}), checking that no later one
-        took effect again.
+        The id that C{thing_id} (a uid or message id a client was given)
+        names in the replayed state: itself, or the id it is an alias of (a
+        losing side's id for what the winning side made for the same
+        request, L{ChatState.aliases}).
         """
-        applications = self.by_rid.get(op.rid, ())
-        if any(a.command["op"] != op.op for a in applications):
-            return None  # another request's rid: reported as a phantom
-        sequence = (["base"] if op.rid in self.base_rids else []) + [
-            a for a in applications if not a.duplicate
-        ]
-        again = [a for a in sequence[1:] if a.effect]
-        if again:
-            indexes = [a.index for a in sequence if a != "base"]
+        for _ in range(8):
+            if not isinstance(thing_id, int) or thing_id not in self.aliases:
+                break
+            thing_id = self.aliases[thing_id]
+        return thing_id
+
+    def account_gone(self, op: Op, answer: _Answer) -> bool:
+        """
+        Whether a merged write that failed with an L{ACCOUNT_GONE_CODES}
+        error was refused because the winning side really deleted the
+        account: a committed C{delete_account} of the account it names
+        (C{who} for C{not_logged_in}, a send's C{to} for C{no_such_user};
+        after alias resolution) came before it.  That is the one way a
+        merged write may be dropped though its client was answered
+        (L{replichat.merge}); an account missing for any other reason is a
+        lost write.
+        """
+        applied = answer.applied
+        if applied is None:
+            return self.base_account_gone(op, answer)
+        if answer.error == errors.NOT_LOGGED_IN:
+            uid = applied.who
+        elif answer.error == errors.NO_SUCH_USER and applied.command["op"] == "send":
+            uid = applied.to
+        else:
+            return False
+        uid = self.canon(uid)
+        deleted = self.deleted_at.get(uid)
+        # (A delete before the replay's start came before every entry in it.)
+        return (deleted is not None and deleted < applied.index) or uid in self.base_deleted
+
+    def base_account_gone(self, op: Op, answer: _Answer) -> bool:
+        """
+        L{account_gone} for a write whose failing application came before
+        the replay's start, as far as the snapshot tells: the rid memory
+        keeps the account it acted as, not a send's recipient, which is
+        then judged by name (an account of that name was deleted).  Both
+        the write and the delete came before the snapshot, in an order it
+        does not keep.
+        """
+        who = self.base_rids[op.rid][0]
+        if answer.error == errors.NOT_LOGGED_IN:
+            return self.canon(who) in self.base_deleted
+        if answer.error == errors.NO_SUCH_USER and op.op == "send":
+            return _base_name(op.args.get("to")) in self.base_deleted_names
+        return False
+
+    def applications(self, op: Op) -> list[_Answer]:
+        """
+        The applications of C{op}'s rid that were not repeats of an earlier
+        one (see L{_Answer}), in order, reporting a L{DUPLICATE} if more
+        than one took effect.  (A merged command the winning side had
+        refused is applied once more, L{replichat.state}: an error and then
+        an effect is one effect.)
+        """
+        entries = self.by_rid.get(op.rid, ())
+        if any(a.command["op"] != op.op for a in entries):
+            return []  # another request's rid: reported as a phantom
+        answers = []
+        if op.rid in self.base_rids:
+            answers.append(self.base_answer(op))
+        answers += [_Answer.of(a) for a in entries if not a.duplicate]
+        effects = [a for a in answers if a.effect]
+        if len(effects) > 1:
+            indexes = [i for a in answers for i in a.indexes]
             self.flag(
                 DUPLICATE,
                 "%s rid=%s took effect again after its first application: entries %s%s"
                 % (op.op, op.rid, indexes,
-                   " (first before the replay's start)" if sequence[0] == "base" else ""),
+                   " (first before the replay's start)" if effects[0].applied is None else ""),
                 ops=(op.number,),
                 indexes=indexes,
             )
-        return sequence[0] if sequence else None
+        return answers
 
-    def first_answer(self, op: Op, first) -> tuple:
+    def base_answer(self, op: Op) -> _Answer:
         """
-        C{(took effect, result, error, merged, where, indexes)} of a first
-        application.
+        What the snapshot's rid memory keeps of C{op}'s rid: the newest
+        answer it had before the replay's start.  Whether that came from a
+        command re-proposed after a heal the snapshot does not say; in a run
+        with partitions it may have, and it is judged as if it had.
         """
-        if first == "base":
-            _, _, result, error = self.base_rids[op.rid][:4]
-            result = None if result is None else DECODER.decode(result)
-            code = None if error is None else error[0]
-            return code is None, result, code, False, "before index %d" % (self.replay.start,), ()
-        return (first.error is None, first.result, first.error, first.merged,
-                "at index %d" % (first.index,), (first.index,))
+        _, _, result, error, _ = self.base_rids[op.rid]
+        result = None if result is None else DECODER.decode(result)
+        code = None if error is None else error[0]
+        return _Answer(
+            code is None, code is None, result, code, self.partitioned,
+            "before index %d" % (self.replay.start,), (), None,
+        )
+
+    def reproposed(self, rid: str) -> bool:
+        """
+        Whether a losing side of a partition applied C{rid} too: an entry
+        with it was re-proposed after a heal (or, in a run with partitions,
+        it was applied before the replay's start, which does not tell).
+        """
+        return any(a.merged for a in self.by_rid.get(rid, ())) or (
+            self.partitioned and rid in self.base_rids
+        )
 
     def check_writes(self) -> None:
         for op in self.history.ops:
@@ -974,8 +1228,8 @@ class _Checker:
                 self.check_ack_without_rid(op)
 
     def check_write_by_rid(self, op: Op) -> None:
-        first = self.first_application(op)
-        if first is None:
+        answers = self.applications(op)
+        if not answers:
             if op.status == OK and op.op != "logout" and not (op.op == "read" and self.partitioned):
                 # (The client library answers a logout of a session that
                 # already ended with {} without committing one.)
@@ -985,44 +1239,122 @@ class _Checker:
                     ops=(op.number,),
                 )
             return
-        took, result, error, merged, where, indexes = self.first_answer(op, first)
+        took = next((a for a in answers if a.took), None)
         if op.status == OK:
-            if not took:
-                if merged and error in ACCOUNT_GONE_CODES:
+            if took is None:
+                if any(
+                    a.merged and a.error in ACCOUNT_GONE_CODES and self.account_gone(op, a)
+                    for a in answers
+                ):
                     self.report.stats["merged writes dropped with their account"] += 1
                     if op.op == "send" and isinstance(op.result, dict):
-                        self.dropped.add((op.result.get("message") or {}).get("id"))
+                        self.dropped.add(self.canon((op.result.get("message") or {}).get("id")))
                     return
+                first = answers[0]
                 self.flag(
                     WRONG_ANSWER,
                     "%s rid=%s was acknowledged, but its committed entry %s failed with %s"
-                    % (op.op, op.rid, where, error),
-                    ops=(op.number,), indexes=indexes,
+                    % (op.op, op.rid, first.where, first.error),
+                    ops=(op.number,), indexes=first.indexes,
                 )
-            elif op.op != "logout" and not _same_result(op.op, op.result, result, merged):
+            elif op.op != "logout" and not self.same_result(op, took):
                 self.flag(
                     WRONG_ANSWER,
                     "%s rid=%s was answered %s, but its committed entry %s gave %s"
-                    % (op.op, op.rid, _j(op.result), where, _j(result)),
-                    ops=(op.number,), indexes=indexes,
+                    % (op.op, op.rid, _j(op.result), took.where, _j(took.result)),
+                    ops=(op.number,), indexes=took.indexes,
                 )
-        elif op.status == FAIL and op.error in NO_EFFECT_CODES and took and not merged:
+        elif op.status == FAIL and op.error in NO_EFFECT_CODES and took is not None:
+            if self.partitioned:
+                # During a partition a side that does not know the other
+                # applied the request (its first attempt committed there, a
+                # retry reached this side) refuses it on its own state: the
+                # error proves nothing about the other side's effect.
+                self.report.stats["refused during a partition, applied"] += 1
+                return
+            # Without partitions the error is definite even if the effect
+            # came from a command cut from a crashed leader's log and
+            # re-proposed: that entry was never committed, so never
+            # acknowledged, and applying it after the client was told the
+            # request had no effect breaks that answer.
             self.flag(
                 FAILED_BUT_APPLIED,
                 "%s rid=%s was refused with %s, but took effect %s"
-                % (op.op, op.rid, op.error, where),
-                ops=(op.number,), indexes=indexes,
+                % (op.op, op.rid, op.error, took.where),
+                ops=(op.number,), indexes=took.indexes,
             )
+
+    def same_result(self, op: Op, took: _Answer) -> bool:
+        """
+        Whether C{op}'s answer is what its application C{took} gave, or
+        what another application of the same request may have given in
+        the documented ways.
+        """
+        seen, committed = op.result, took.result
+        if seen == committed:
+            return True
+        if op.op == "send" and self.aliased_message(seen, committed):
+            # A losing side applied the request too (a retry across the
+            # split) and gave its own message id, now an alias of this one.
+            self.report.stats["answers with an aliased id"] += 1
+            return True
+        if op.op == "read" and self.partitioned:
+            # Reads are not re-proposed: a losing side that answered a
+            # retry of a read the winner committed had its read undone by
+            # the heal (its messages come back unread).  What it showed is
+            # still checked (check_reads).
+            self.report.stats["reads answered by a losing side"] += 1
+            return True
+        merged = took.merged or self.reproposed(op.rid)
+        return _same_result(op.op, seen, committed, merged)
+
+    def aliased_message(self, seen, committed) -> bool:
+        """
+        Whether a send's answer C{seen} names a message id that is an alias
+        of the committed answer's, and otherwise says the same (but for its
+        time, which the side that gave it chose).
+        """
+        if not isinstance(seen, dict) or not isinstance(committed, dict):
+            return False
+        mine, theirs = seen.get("message"), committed.get("message")
+        if not isinstance(mine, dict) or not isinstance(theirs, dict):
+            return False
+        return (
+            mine.get("id") != theirs.get("id")
+            and self.canon(mine.get("id")) == theirs.get("id")
+            and _same_message(mine, theirs, aliased=True)
+        )
 
     def check_ack_without_rid(self, op: Op) -> None:
         if op.op == "login":
             token = op.result.get("token") if isinstance(op.result, dict) else None
             hashed = _hashed(token)
-            if (
-                hashed is not None
-                and self.replay.start == 0
-                and hashed not in self.logins
-            ):
+            if hashed is None or hashed in self.logins or hashed in self.base_sessions:
+                return
+            entries = self.login_entries.get(hashed, ())
+            if any(a.error is None for a in entries):
+                return  # a repeat of a login that succeeded before the replay's start
+            if entries:
+                # Committed, but every entry failed: a login acknowledged on
+                # a losing side, re-proposed, and refused because the winner
+                # deleted the account first is dropped with it.
+                if any(
+                    a.merged and a.error in ACCOUNT_GONE_CODES
+                    and self.account_gone(op, _Answer.of(a))
+                    for a in entries
+                ):
+                    self.report.stats["merged logins dropped with their account"] += 1
+                    return
+                self.flag(
+                    WRONG_ANSWER,
+                    "login of %s was acknowledged, but its committed entries %s failed with %s"
+                    % (op.user, [a.index for a in entries], entries[0].error),
+                    ops=(op.number,),
+                    indexes=[a.index for a in entries],
+                )
+            elif self.replay.start == 0:
+                # (From a snapshot on, a login before it whose session
+                # ended before it leaves no trace.)
                 self.flag(
                     LOST,
                     "acknowledged login of %s is in no committed entry" % (op.user,),
@@ -1086,37 +1418,48 @@ class _Checker:
         if session is None:
             return None
         uid = self.logins.get(session)
-        return self.base_sessions.get(session) if uid is None else uid
+        return self.canon(self.base_sessions.get(session) if uid is None else uid)
 
     def check_shown(self, event: Op | Push, message: dict, how: str) -> tuple | None:
         """
-        A message a client was shown must be one the log committed.
+        A message a client was shown must be one the log committed (under
+        its id, or one its id is an alias of).
 
         @return: its C{(to_uid, from_uid)}, if known.
         """
         self.report.stats["messages shown"] += 1
         message_id = message.get("id")
-        applied = self.created.get(message_id)
+        canonical = self.canon(message_id)
+        aliased = canonical != message_id
+        applied = self.created.get(canonical)
         if applied is not None:
             wire = applied.result["message"]
-            uids = applied.command["to"], applied.command["who"]
-        else:
-            stored = self.base_messages.get(message_id)
-            if stored is None:
-                # Before the replay's start it may have been made and deleted.
-                if self.replay.start == 0 and message_id not in self.dropped:
-                    self.flag(
-                        UNCOMMITTED_READ,
-                        "%s was shown %s message %s, which no committed entry made: %s"
-                        % (_who(event), how, message_id, _j(message)),
-                        ops=(event.number,),
-                    )
-                return None
-            _, from_uid, from_name, to_uid, to_name, text, sent_at = stored
-            wire = {"id": message_id, "from": from_name, "to": to_name, "text": text,
+            uids = self.canon(applied.to), self.canon(applied.who)
+            if aliased:
+                self.report.stats["messages shown by an aliased id"] += 1
+        elif canonical in self.base_messages:
+            _, from_uid, from_name, to_uid, to_name, text, sent_at = self.base_messages[canonical]
+            wire = {"id": canonical, "from": from_name, "to": to_name, "text": text,
                     "sent_at": sent_at}
             uids = to_uid, from_uid
-        if not _same_message(message, wire):
+        elif canonical in self.dropped:
+            return None
+        elif canonical in self.base_sent:
+            # Sent and gone again before the replay's start: its send's
+            # answer is in the snapshot's rid memory.
+            wire, uids = self.base_sent[canonical], None
+        else:
+            # From a snapshot on, a message a rid-less send made before it,
+            # and deleted before it, leaves no trace.
+            if self.replay.start == 0 or message.get("text") not in self.rid_less_sends:
+                self.flag(
+                    UNCOMMITTED_READ,
+                    "%s was shown %s message %s, which no committed entry made: %s"
+                    % (_who(event), how, message_id, _j(message)),
+                    ops=(event.number,),
+                )
+            return None
+        if not _same_message(message, wire, aliased):
             self.flag(
                 UNCOMMITTED_READ,
                 "%s was shown %s message %s as %s, but it was committed as %s"
@@ -1165,11 +1508,11 @@ class _Checker:
             if event.status != OK or not isinstance(event.result, dict):
                 continue
             if event.op in ("read", "history"):
-                reader = None
+                reader = applied = None
                 if event.op == "read" and event.rid is not None:
                     # The account the committed read was applied to.
                     applied = next((a for a in self.by_rid.get(event.rid, ()) if a.effect), None)
-                    reader = None if applied is None else applied.command["who"]
+                    reader = None if applied is None else self.canon(applied.who)
                 for message in event.result.get("messages") or ():
                     if not isinstance(message, dict):
                         continue
@@ -1178,28 +1521,38 @@ class _Checker:
                         event, message, uids, own_sent=event.op == "history", viewer=reader
                     )
                     if event.op == "read":
-                        self.note_read(read_by, event, message.get("id"))
+                        self.note_read(read_by, event, applied, message.get("id"))
             elif event.op == "list_accounts":
                 for name in event.result.get("accounts") or ():
-                    if _base_name(str(name)) not in self.names_created:
-                        self.flag(
-                            UNCOMMITTED_READ,
-                            "%s was shown account %r, which no committed entry created"
-                            % (_who(event), name),
-                            ops=(event.number,),
-                        )
+                    base = _base_name(str(name))
+                    if base in self.names_created:
+                        continue
+                    if self.replay.start > 0 and base in self.rid_less_names:
+                        continue  # made and deleted before the snapshot, without a rid
+                    self.flag(
+                        UNCOMMITTED_READ,
+                        "%s was shown account %r, which no committed entry created"
+                        % (_who(event), name),
+                        ops=(event.number,),
+                    )
 
-    def note_read(self, read_by, op: Op, message_id) -> None:
+    def note_read(self, read_by, op: Op, applied: Applied | None, message_id) -> None:
         """
         Two acknowledged reads never return one message: the first marked
         it read.  (A read undone by a partition's heal does not count.)
         """
-        applied = None
+        message_id = self.canon(message_id)
         if op.rid is not None:
-            applied = next((a for a in self.by_rid.get(op.rid, ()) if a.effect), None)
             if applied is None:
                 return  # lost (reported) or undone by a heal
-            reader = ("uid", applied.command["who"])
+            if self.partitioned and all(
+                self.canon(m["id"]) != message_id for m in applied.result["messages"]
+            ):
+                # Answered by a losing side whose read of the same rid was
+                # undone by the heal (see same_result): the message came
+                # back unread, and may be read again.
+                return
+            reader = ("uid", self.canon(applied.who))
         elif self.partitioned:
             return
         else:
@@ -1217,7 +1570,8 @@ class _Checker:
         """
         A request sent after another was acknowledged takes effect after it
         (unless the first was re-proposed after a partition: a minority
-        side's writes are ordered after the majority's on heal).
+        side's writes are ordered after the majority's on heal, and its
+        acknowledgement may have come from the minority).
         """
         placed = []
         for op in self.history.ops:
@@ -1230,7 +1584,10 @@ class _Checker:
             (
                 (op.completed_at, first.index, op)
                 for op, first in placed
-                if op.status == OK and op.completed_at is not None and not first.merged
+                if op.status == OK
+                and op.completed_at is not None
+                and not first.merged
+                and not (self.partitioned and self.reproposed(op.rid))
             ),
             key=lambda t: t[0],
         )
@@ -1249,6 +1606,72 @@ class _Checker:
                     % (op.op, op.rid, first.index, latest[0], latest[1].op, latest[1].rid),
                     ops=(latest[1].number, op.number),
                     indexes=(latest[0], first.index),
+                )
+
+    def check_stale_reads(self) -> None:
+        """
+        A read whose answer left its account nothing unread (C{remaining}
+        0: it returned every unread message, oldest first) includes every
+        message sent to that account whose send was acknowledged before the
+        read was invoked, unless a committed read or C{delete_messages} of
+        the account took it before the read's entry.  A leader that
+        acknowledged a send before its followers had it and then died, or
+        a stale server leading after a full restart, breaks this: the send
+        comes back later (re-proposed), after reads that missed it.
+        """
+        base = self.replay.base_state
+        sends = defaultdict(list)  # recipient uid -> [(acknowledged at, op, id, index)]
+        for op in self.history.ops:
+            if op.op != "send" or op.status != OK or op.completed_at is None:
+                continue
+            message = op.result.get("message") if isinstance(op.result, dict) else None
+            if not isinstance(message, dict):
+                continue
+            message_id = self.canon(message.get("id"))
+            if message_id in self.dropped:
+                continue
+            made = self.created.get(message_id)
+            if made is not None:
+                sends[self.canon(made.to)].append((op.completed_at, op, message_id, made.index))
+            elif base is not None and message_id in base.messages:
+                to_uid = base.messages[message_id][3]
+                account = base.accounts.get(to_uid)
+                if account is not None and message_id in account.unread:
+                    sends[to_uid].append((op.completed_at, op, message_id, None))
+                # (Else read or deleted before the snapshot.)
+            # (Else not committed, reported as lost; or gone before the snapshot.)
+        for acknowledged in sends.values():
+            acknowledged.sort(key=lambda t: t[0])
+        for op in self.history.ops:
+            if op.op != "read" or op.status != OK or op.rid is None or op.invoked_at is None:
+                continue
+            result = op.result
+            if not isinstance(result, dict) or result.get("remaining") != 0:
+                continue
+            applied = next((a for a in self.by_rid.get(op.rid, ()) if a.effect), None)
+            if applied is None:
+                continue  # lost (reported), or applied before the snapshot
+            reader = self.canon(applied.who)
+            returned = {
+                self.canon(m.get("id")) for m in result.get("messages") or () if isinstance(m, dict)
+            }
+            self.report.stats["reads checked for staleness"] += 1
+            for done_at, send, message_id, index in sends.get(reader, ()):
+                if done_at >= op.invoked_at:
+                    break
+                if message_id in returned:
+                    continue
+                taken = self.consumed.get((reader, message_id))
+                if taken is not None and taken < applied.index:
+                    continue
+                self.flag(
+                    STALE_READ,
+                    "read rid=%s (entry %d) left account %d nothing unread, but missed "
+                    "message %s%s, whose send rid=%s was acknowledged before the read was sent"
+                    % (op.rid, applied.index, reader, message_id,
+                       "" if index is None else " (entry %d)" % (index,), send.rid),
+                    ops=(send.number, op.number),
+                    indexes=(applied.index,) if index is None else (index, applied.index),
                 )
 
 
@@ -1274,12 +1697,19 @@ def _same_name(seen, committed) -> bool:
     return seen == committed or (seen is not None and _base_name(committed) == seen)
 
 
-def _same_message(seen, committed) -> bool:
+def _same_message(seen, committed, aliased: bool = False) -> bool:
+    """
+    Whether a message a client was shown is the committed one, its names
+    perhaps renamed by a heal.  An C{aliased} one (its id an alias of the
+    committed one's, L{ChatState.aliases}) was made by a losing side for
+    the same request: its id and time are that side's own.
+    """
     if not isinstance(seen, dict) or not isinstance(committed, dict):
         return seen == committed
+    own = ("from", "to", "id", "sent_at") if aliased else ("from", "to")
     return (
         seen.keys() == committed.keys()
-        and all(seen[k] == committed[k] for k in seen if k not in ("from", "to"))
+        and all(seen[k] == committed[k] for k in seen if k not in own)
         and _same_name(seen.get("from"), committed.get("from"))
         and _same_name(seen.get("to"), committed.get("to"))
     )
