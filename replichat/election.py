@@ -68,6 +68,7 @@ def outcome(
     answers: Mapping[int, Rank],
     peers: Mapping[int, PeerView],
     forced: bool = False,
+    waiting: Iterable[int] = (),
 ) -> int | None:
     """
     Who wins the election as far as this candidate can tell.
@@ -76,6 +77,11 @@ def outcome(
     @param answers: the ranks received in this election round.
     @param peers: the failure detector's view of each peer.
     @param forced: an operator asked to lead without the unheard members.
+    @param waiting: peers that answered but cannot finish an election
+        themselves (they wait to hear from a member, having restarted
+        since): one of them wins only if no other contender is as fresh,
+        so a server that restarted into a partition does not hold up a
+        side where every other server can lead.
     @return: the winner's id (perhaps C{me}); L{None} while the election
         cannot finish yet, or if the candidate may not lead at all and
         nobody it heard from may either.
@@ -94,4 +100,11 @@ def outcome(
         if forced and not view.heard:
             continue
         return None  # still waiting for this member
-    return max(contenders).node
+    best = max(contenders)
+    waiting = set(waiting)
+    if best.node not in waiting:
+        return best.node
+    # As fresh (same last entry) and able to finish: the highest such id.
+    able = [c for c in contenders if c.node not in waiting
+            and (c.last_epoch, c.last_index) == (best.last_epoch, best.last_index)]
+    return max(able).node if able else None

@@ -241,6 +241,7 @@ class Node:
         self._following = (0, 0)  # (leader, epoch) that _matched is about
         # What peers said that a candidate must not lead against (_may_lead).
         self._commit_seen: dict[int, int] = {}
+        self._waiting_peers: set[int] = set()  # see election.outcome
         self._fresher_excluders: dict[int, election.Rank] = {}
         self._leader_commit = 0  # as a follower: the leader's commit index
         self._voted = (0, 0)  # (epoch, leader) as durable in the meta file
@@ -507,7 +508,9 @@ class Node:
             self._send_join(peer)
         elif self.role == CANDIDATE:
             rank = self._rank()
-            self.network.send(peer, Election(self.epoch, rank.last_epoch, rank.last_index))
+            self.network.send(
+                peer, Election(self.epoch, rank.last_epoch, rank.last_index, self._ready())
+            )
 
     def peer_lost(self, peer: int) -> None:
         """
@@ -645,7 +648,7 @@ class Node:
         self._answers = {}
         self._election_started = self.clock.seconds()
         rank = self._rank()
-        call = Election(self.epoch, rank.last_epoch, rank.last_index)
+        call = Election(self.epoch, rank.last_epoch, rank.last_index, self._ready())
         for peer in self.cluster.members:
             if peer != self.node_id:
                 self.network.send(peer, call)
@@ -658,7 +661,12 @@ class Node:
         self.network.send(
             peer,
             ElectionAnswer(
-                self.epoch, rank.last_epoch, rank.last_index, leader, peer in self.cluster.live
+                self.epoch,
+                rank.last_epoch,
+                rank.last_index,
+                leader,
+                peer in self.cluster.live,
+                self._ready(),
             ),
         )
         if self.role == LEADER:
@@ -672,6 +680,7 @@ class Node:
             return
         # The candidate has no leader either; its call counts as its rank.
         self._answers[peer] = election.Rank(message.last_epoch, message.last_index, peer)
+        self._note_ready(peer, message.ready)
         if self.role == CANDIDATE:
             self._check_election()
         elif self.role == FOLLOWER:
@@ -695,7 +704,23 @@ class Node:
                 return
             return  # it has not noticed its leader is gone yet; it will call
         self._answers[peer] = election.Rank(message.last_epoch, message.last_index, peer)
+        self._note_ready(peer, message.ready)
         self._check_election()
+
+    def _ready(self) -> bool:
+        """
+        Whether this node could finish an election: it is not waiting to
+        hear, since it started, from a member of its live set.
+        """
+        return self.forced or all(
+            self._peer(p).heard for p in self.cluster.live if p != self.node_id
+        )
+
+    def _note_ready(self, peer: int, ready: bool) -> None:
+        if ready:
+            self._waiting_peers.discard(peer)
+        else:
+            self._waiting_peers.add(peer)
 
     def _check_election(self) -> None:
         if self.role != CANDIDATE:
@@ -708,7 +733,13 @@ class Node:
         # members it has not heard from since it started.
         forced = self.forced or failpoints.on(failpoints.STALE_LEADER_AFTER_RESTART)
         winner = election.outcome(
-            self.node_id, self._rank(), self.cluster.live, self._answers, peers, forced
+            self.node_id,
+            self._rank(),
+            self.cluster.live,
+            self._answers,
+            peers,
+            forced,
+            self._waiting_peers,
         )
         if winner == self.node_id and (forced or self._may_lead()):
             self._become_leader()

@@ -59,6 +59,7 @@ class Election:
     epoch: int
     last_epoch: int
     last_index: int
+    ready: bool = True
 
 
 @frozen
@@ -69,6 +70,9 @@ class ElectionAnswer:
     @ivar leader: a leader the answering server still hears from (0 for
         none): a candidate that gets one follows it instead of going on,
         so a returning server never deposes a healthy leader.
+    @ivar ready: whether the answering server could finish an election
+        itself (it is not waiting to hear from a live member since it
+        restarted); see L{replichat.election.outcome}'s C{waiting}.
     @ivar live: whether the candidate is in the live set of the answering
         server's newest configuration.  A candidate that restarted after
         being taken out of the live set does not know it; told so by a
@@ -81,6 +85,7 @@ class ElectionAnswer:
     last_index: int
     leader: int
     live: bool = True
+    ready: bool = True
 
 
 @frozen

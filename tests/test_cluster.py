@@ -129,6 +129,22 @@ class ElectionTests(ClusterTestCase):
                              forced=True), 1)
         self.assertIsNone(election.outcome(4, me, live, {}, {}), "not in the live set")
 
+    def test_outcome_skips_a_waiting_contender(self):
+        """
+        The freshest contender that cannot finish an election itself (it
+        waits to hear from a member since it restarted) is passed over for
+        one as fresh that can; never for a less fresh one.
+        """
+        Rank, View = election.Rank, election.PeerView
+        me = Rank(1, 5, 1)
+        live = {1, 2, 3}
+        down = {3: View(heard=True, down=True)}
+        self.assertEqual(election.outcome(1, me, live, {2: Rank(1, 5, 2)}, down), 2)
+        self.assertEqual(
+            election.outcome(1, me, live, {2: Rank(1, 5, 2)}, down, waiting={2}), 1)
+        self.assertIsNone(
+            election.outcome(1, me, live, {2: Rank(1, 6, 2)}, down, waiting={2}))
+
     def test_returning_server_does_not_depose(self):
         """
         A server that restarts with a higher id joins the healthy leader as
