@@ -1246,9 +1246,12 @@ class Node:
     # -- re-proposing what a healed partition cut (replichat.merge) ------------------
 
     def _save_orphans(self, orphans: list[dict]) -> None:
-        unique = {merge.key(c): c for c in orphans}
-        self._save_meta(orphans=list(unique.values()))
-        self._orphans = list(unique.values())
+        # In origin order, which is the order they were first committed in:
+        # a later cut may find older entries (a login after the account it
+        # logs into was cut by an earlier heal).
+        unique = sorted({merge.key(c): c for c in orphans}.values(), key=merge.key)
+        self._save_meta(orphans=unique)
+        self._orphans = unique
 
     def _save_meta(self, **changes) -> None:
         # From the copy in memory: the file was verified once, at start.
