@@ -221,11 +221,13 @@ class ChatHandler:
         self, connection: Connection, request: Request, username: str, password: str
     ) -> dict:
         state = self.node.state
-        if not self._is_retry(request):
+        if request.rid is None and state.account_named(username) is not None:
             # Fail fast on a taken name: hashing costs tens of milliseconds.
-            # A retried rid skips this so it gets its first answer.
-            if state.account_named(username) is not None:
-                raise ChatError(errors.USERNAME_TAKEN, "username %r is taken" % (username,))
+            # A request with a rid is refused by the log instead, so that
+            # the refusal is remembered: a retry, or a copy of an earlier
+            # attempt handed in after a partition (replichat.merge), then
+            # gets that answer rather than taking effect.
+            raise ChatError(errors.USERNAME_TAKEN, "username %r is taken" % (username,))
         record = await self._hash_work(connection, lambda: self.hasher.hash(password))
         return await self._commit(
             request,
@@ -351,7 +353,8 @@ class ChatHandler:
     ) -> Deferred:
         account = self._session_account(connection)
         recipient = self.node.state.account_named(to)
-        if recipient is None and not self._is_retry(request):
+        if recipient is None and request.rid is None:
+            # With a rid, the log refuses it (and remembers the refusal).
             raise ChatError(errors.NO_SUCH_USER, "no account is named %r" % (to,))
         return self._commit(
             request,

@@ -50,15 +50,25 @@ def origin_of(command: dict, epoch: int, index: int) -> tuple[int, int]:
     return (origin[0], origin[1]) if origin is not None else (epoch, index)
 
 
-def orphan(command: dict, epoch: int, index: int) -> dict | None:
+def orphan(command: dict, epoch: int, index: int, committed: bool) -> dict | None:
     """
     The command to re-propose for an entry being cut, or None if it needs
     none.
+
+    @param committed: whether the server cutting it knew it committed (so
+        it may have been acknowledged).  An entry not known committed is
+        handed in too (its leader may have acknowledged it just before
+        dying, or before the server restarted and forgot), but only takes
+        effect if no answer for its request id was given since.
     """
     if command.get("op") in NOT_REPROPOSED:
         return None
     origin = origin_of(command, epoch, index)
     merged = {**command, "origin": list(origin), "merged": True}
+    if committed:
+        merged["committed"] = True
+    else:
+        merged.pop("committed", None)
     if merged.get("rid") is None:
         # No client request id: one named after the origin makes handing it
         # in from several servers, or twice, apply it once.
@@ -67,14 +77,14 @@ def orphan(command: dict, epoch: int, index: int) -> dict | None:
     return merged
 
 
-def orphans(entries: Iterable[tuple[Entry, dict]]) -> list[dict]:
+def orphans(entries: Iterable[tuple[Entry, dict]], commit_index: int) -> list[dict]:
     """
     The commands to re-propose for the decoded entries being cut, in log
-    order.
+    order; those up to C{commit_index} are known committed.
     """
     found = []
     for entry, command in entries:
-        merged = orphan(command, entry.epoch, entry.index)
+        merged = orphan(command, entry.epoch, entry.index, entry.index <= commit_index)
         if merged is not None:
             found.append(merged)
     return found

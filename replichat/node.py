@@ -1175,11 +1175,10 @@ class Node:
         handing the client commands cut to the leader (L{replichat.merge}).
         """
         log = self.disk_log
-        # Only what this node knows committed may have been acknowledged
-        # (by it or its leader).  An uncommitted entry never was, and a
-        # retry may since have been given a definite answer that applying
-        # it now would contradict: it is dropped, as in Raft.
-        found = merge.orphans(self._decoded(index + 1, min(self.commit_index, log.last_index)))
+        # Every client command is handed in, marked with whether this node
+        # knew it committed: the commit index is not on disk, so after a
+        # restart a committed, acknowledged entry looks uncommitted.
+        found = merge.orphans(self._decoded(index + 1, log.last_index), self.commit_index)
         below = index < self.commit_index
         (self.log.warn if below else self.log.info)(
             "the leader's log diverges after {index} (commit index {commit}); "

@@ -224,6 +224,10 @@ class ChatState:
                     if made is not None and made != new_id:
                         self.aliases[new_id] = made
                     return self._repeat(command, remembered)
+                if not command.get("committed"):
+                    # Not known committed where it was cut: the refusal,
+                    # given since, is the answer that stands.
+                    return self._repeat(command, remembered)
                 # The winner refused it, with no effect, and the losing side
                 # committed it, perhaps acknowledged: one of the two answers
                 # was lost on its way to the client.  Apply it, once: better

@@ -574,7 +574,8 @@ class MergeTests(SynchronousTestCase):
         """
         A request the winning side refused (no effect) but the losing side
         committed is applied when merged, once: one of the two answers was
-        lost, and the one that said it took effect must hold.
+        lost, and the one that said it took effect must hold.  One the
+        losing side did not know committed is not.
         """
         d = Driver()
         d.create("alice")
@@ -584,6 +585,9 @@ class MergeTests(SynchronousTestCase):
         self.assertEqual(refused.error.code, errors.NO_SUCH_USER)
         merged = {"op": "send", "who": d.uid("alice"), "to": d.uid("bob"), "text": "x",
                   "rid": "r-x", "fp": "fp", "origin": [7001, 9], "merged": True}
-        self.assertIsNone(d.apply(merged).error)
-        self.assertTrue(d.apply(dict(merged)).duplicate)
+        # Not known committed where it was cut: the refusal stands.
+        self.assertEqual(d.apply(dict(merged)).error.code, errors.NO_SUCH_USER)
+        self.assertEqual(len(d.state.messages), 0)
+        self.assertIsNone(d.apply({**merged, "committed": True}).error)
+        self.assertTrue(d.apply({**merged, "committed": True}).duplicate)
         self.assertEqual(len(d.state.messages), 1)
