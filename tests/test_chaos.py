@@ -22,7 +22,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from replichat.testing.chaos import KINDS
+from replichat.testing.chaosfaults import KINDS
 from replichat.testing.proxy import DROP, STALL, FaultProxy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
