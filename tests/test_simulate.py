@@ -15,8 +15,12 @@ import random
 from twisted.trial.unittest import SynchronousTestCase
 
 from replichat import failpoints
-from replichat.simulation import Process, SimClock, SimCluster, SimNetwork
-from replichat.testing.sim import FAULTS, SCENARIOS, SPLITTING, Settings, run_seed
+from replichat.testing.sim import run_seed
+from replichat.testing.simclock import SimClock
+from replichat.testing.simcluster import SimCluster
+from replichat.testing.simnet import SimNetwork
+from replichat.testing.simprocess import Process
+from replichat.testing.simsettings import FAULTS, SCENARIOS, SPLITTING, Settings
 
 PASSWORD = {"alg": "sim", "hash": ""}
 
