@@ -1,8 +1,10 @@
 # -*- test-case-name: tests.test_history -*-
 """
-Tests for L{replichat.testing.history}: recording what clients saw, and the
-checker finding each kind of anomaly in a run built to have it (and none in
-a run without).
+Tests for L{replichat.testing.history}, L{replichat.testing.replicas} and
+L{replichat.testing.checker}: recording what clients saw, and the checker
+finding each kind of anomaly in a run built to have it (and none in a run
+without).  The names that moved out of C{history} are imported from it, as
+its older importers do (L{MovedNamesTests}).
 
 Most runs are built by L{Run}, which commits commands to one log the way a
 leader would and records in a L{History} what its clients were answered;
@@ -13,6 +15,7 @@ in-memory cluster.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 
@@ -1194,10 +1197,11 @@ class Heal:
 
     def merge(self, command: dict, index: int, record=None):
         """
-        Commit the command the losing side had at C{index}, re-proposed.
+        Commit the command the losing side had committed at C{index},
+        re-proposed.
         """
         command = {**command, "ts": command.get("ts", 1.0), "origin": [self.epoch, index],
-                   "merged": True}
+                   "merged": True, "committed": True}
         if record is not None and record.rid is not None:
             command.update(rid=record.rid, fp="fp-" + record.rid)
         elif command.get("rid") is None:
@@ -1640,3 +1644,42 @@ class StaleReadTests(SynchronousTestCase):
         report = run.check([compacted(run, at)])
         self.assertIn((H.STALE_READ, (sent.number, read.number)),
                       [(a.kind, a.ops) for a in report.anomalies])
+
+
+class MovedNamesTests(SynchronousTestCase):
+    """
+    The replay and the checker moved out of L{replichat.testing.history},
+    and their public names can still be imported from it.
+    """
+
+    def test_all(self):
+        """
+        Every name in C{history.__all__} is an attribute of it, and one that
+        moved is the very object its new module defines.
+        """
+        for name in H.__all__:
+            value = getattr(H, name)
+            where = H._MOVED.get(name)
+            if where is not None:
+                self.assertIs(value, getattr(importlib.import_module(where), name))
+
+    def test_from_import(self):
+        """
+        C{from replichat.testing.history import ...} finds a moved name.
+        """
+        from replichat.testing import checker, replicas
+        from replichat.testing.history import Anomaly, Applied, Report
+
+        self.assertIs(Anomaly, checker.Anomaly)
+        self.assertIs(Report, checker.Report)
+        self.assertIs(Applied, replicas.Applied)
+        self.assertIs(check, checker.check)
+        self.assertIs(Replica, replicas.Replica)
+
+    def test_unknown_name(self):
+        """
+        Any other name is missing, as from any module.
+        """
+        self.assertRaises(AttributeError, getattr, H, "no_such_name")
+        self.assertNotIn("no_such_name", dir(H))
+        self.assertIn("check", dir(H))
