@@ -1,0 +1,167 @@
+# -*- test-case-name: tests.test_node,tests.test_cluster -*-
+"""
+The follower's commit path: accept the leader's Appends (after its fsync
+turn, L{replichat.nodeleader._LeaderCommit._sync}, they are answered),
+backtrack where the logs differ, cut a divergent suffix (handing its client
+commands in, L{replichat.nodemerge}), roll the state back when a healed
+partition cut committed entries, and commit what the leader committed.
+"""
+
+from __future__ import annotations
+
+from replichat import failpoints, merge
+from replichat.nodecommands import REPLAY_CHUNK_BYTES, decode_command
+from replichat.noderecovery import RecoveryError
+from replichat.peermessages import Append, AppendReply
+from replichat.snapshot import DIVERGED_SUFFIX
+from replichat.state import ChatState
+
+
+class _FollowerCommit:
+    """
+    The follower's commit path of L{replichat.node.Node}.
+
+    Keeps C{_matched} (how far this log matches the leader's),
+    C{_leader_commit}, C{_stable} and C{_pending_replies}; cutting the log
+    updates C{_configs}, and rolling back resets C{state}, C{commit_index},
+    C{_snapshot_index} and C{_bytes_since_snapshot} as recovery does
+    (L{replichat.noderecovery}).
+    """
+
+    def _on_Append(self, peer: int, message: Append) -> None:
+        if not self._accept_leader(peer, message.epoch):
+            index = -1 if message.epoch == self.epoch else 0
+            self.network.send(peer, AppendReply(self.epoch, False, index))
+            return
+        log = self.disk_log
+        prev = message.prev_index
+        entries = message.entries
+        if prev > log.last_index:
+            self.network.send(peer, AppendReply(self.epoch, False, log.last_index))
+            return
+        if prev < log.base_index:
+            # Compacted here, hence committed, hence the same as the
+            # leader's: skip what the snapshot covers.
+            entries = tuple(e for e in entries if e.index > log.base_index)
+            prev = log.base_index
+        elif log.epoch_at(prev) != message.prev_epoch:
+            self.network.send(peer, AppendReply(self.epoch, False, self._backtrack(prev)))
+            return
+        new = []
+        for entry in entries:
+            if new or entry.index > log.last_index:
+                new.append(entry)
+            elif log.epoch_at(entry.index) != entry.epoch:
+                if failpoints.on(failpoints.SKIP_SUFFIX_TRUNCATION):
+                    continue  # the planted bug: keep our divergent entry
+                if not self._truncate_after(entry.index - 1):
+                    return
+                if log.last_index < entry.index - 1:
+                    # Rolled back to nothing: the leader must start over.
+                    self.network.send(peer, AppendReply(self.epoch, False, log.last_index))
+                    return
+                new.append(entry)
+        try:
+            if new:
+                log.append(new)
+        except OSError as error:
+            self._fail("writing the log failed: %s" % (error,))
+            return
+        self._note_appended(new)
+        self._matched = entries[-1].index if entries else max(self._matched, prev)
+        self._leader_commit = max(self._leader_commit, message.commit_index)
+        self._stable = max(self._stable, min(message.stable, self._matched))
+        self._pending_replies.append((peer, self.epoch, self._matched))
+        self._schedule_sync()
+
+    def _backtrack(self, prev: int) -> int:
+        # The epoch at prev differs: every entry of that epoch here is
+        # suspect, so ask the leader to try before it.  That may go below
+        # this node's commit index (a healed partition), never below what
+        # it compacted, which is on every member.
+        log = self.disk_log
+        epoch = log.epoch_at(prev)
+        index = prev
+        while index > log.base_index and log.epoch_at(index) == epoch:
+            index -= 1
+        return index
+
+    def _truncate_after(self, index: int) -> bool:
+        """
+        Cut the log after C{index}, where it diverges from the leader's,
+        handing the client commands cut to the leader (L{replichat.merge}).
+        """
+        log = self.disk_log
+        # Every client command is handed in, marked with whether this node
+        # knew it committed: the commit index is not on disk, so after a
+        # restart a committed, acknowledged entry looks uncommitted.
+        found = merge.orphans(self._decoded(index + 1, log.last_index), self.commit_index)
+        below = index < self.commit_index
+        (self.log.warn if below else self.log.info)(
+            "the leader's log diverges after {index} (commit index {commit}); "
+            "cutting {cut} entries, {orphans} commands to re-propose",
+            index=index,
+            commit=self.commit_index,
+            cut=log.last_index - index,
+            orphans=len(found),
+        )
+        try:
+            if found:
+                self._save_orphans(self._orphans + found)  # durable before they go
+            log.truncate_after(index)
+        except OSError as error:
+            self._fail("truncating the log failed: %s" % (error,))
+            return False
+        if below:
+            return self._roll_back(index)
+        dropped = [i for i, _ in self._configs if i > index]
+        self._configs = [(i, c) for i, c in self._configs if i <= index]
+        if dropped:
+            self._membership_changed()
+        return True
+
+    def _decoded(self, start: int, end: int):
+        """
+        The entries from C{start} to C{end} with their commands.
+        """
+        while start <= end:
+            entries = self.disk_log.read(start, end + 1, max_bytes=REPLAY_CHUNK_BYTES)
+            for entry in entries:
+                yield entry, decode_command(entry.data)
+            start = entries[-1].index + 1
+
+    def _roll_back(self, index: int) -> bool:
+        """
+        Rebuild the state from before C{index}, after a healed partition
+        cut committed entries: from a snapshot no newer than C{index} plus
+        the log, or from nothing (the leader then sends a snapshot).
+        """
+        for kept in self.snapshots.indexes():
+            if kept > index:
+                # It holds cut entries; never start from it again.
+                self.snapshots.quarantine(kept, DIVERGED_SUFFIX)
+        try:
+            state = self._load_snapshot()
+        except RecoveryError:
+            state = None
+        try:
+            if state is None:
+                self.disk_log.reset(0, 0)
+                state = ChatState()
+        except OSError as error:
+            self._fail("resetting the log failed: %s" % (error,))
+            return False
+        self.state = state
+        self.commit_index = self._snapshot_index = state.applied_index
+        self._matched = min(self._matched, self.disk_log.last_index)
+        self._bytes_since_snapshot = 0
+        self._configs = self._scan_configs(self.commit_index + 1)
+        self._membership_changed()
+        return True
+
+    def _advance_follower_commit(self, leader_commit: int) -> None:
+        self._leader_commit = max(self._leader_commit, leader_commit)
+        index = min(self._leader_commit, self._matched, self.disk_log.synced_index)
+        if index > self.commit_index:
+            self._apply_through(index)
+            self._maybe_snapshot()

@@ -1,0 +1,186 @@
+# -*- test-case-name: tests.test_node,tests.test_disk_faults -*-
+"""
+Snapshots: taking one when enough has been applied (then compacting the
+log), sending one in chunks to a follower that needs entries compacted
+away, and installing one received from the leader.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, succeed
+
+from replichat.entries import CorruptSnapshot, Snapshot
+from replichat.nodeleader import Progress
+from replichat.peermessages import LEADER, SnapshotChunk, SnapshotReply
+from replichat.state import ChatState
+
+#: Seconds to wait before trying again after a snapshot failed.
+SNAPSHOT_RETRY_DELAY = 60.0
+
+#: Bytes of snapshot per SnapshotChunk.
+SNAPSHOT_CHUNK_BYTES = 1 * 2**20
+
+
+class InlineSnapshotWriter:
+    """
+    Writes snapshots synchronously in this process: simple and deterministic,
+    for tests and the simulator.  The server forks instead
+    (L{replichat.server.ForkingSnapshotWriter}) so a large state does not
+    stall the reactor while it is encoded.
+    """
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    def write(self, state: ChatState, index: int, epoch: int) -> Deferred:
+        self.store.save(Snapshot(index, epoch, state.to_snapshot()))
+        return succeed(None)
+
+
+class _Snapshots:
+    """
+    The snapshots of L{replichat.node.Node}.
+
+    Keeps C{_snapshotting}, C{_snapshot_retry_at}, C{_snapshot_index} and
+    C{_bytes_since_snapshot}, writes through C{snapshot_writer} and
+    compacts C{disk_log} no further than C{_stable}.  As a leader it sends
+    C{progress.snapshot} (L{replichat.nodeleader.Progress}); as a follower
+    it gathers C{_snapshot_in} and installs it, resetting C{state},
+    C{commit_index}, C{_matched} and C{_configs}.
+    """
+
+    def _maybe_snapshot(self) -> None:
+        if self._snapshotting or self.clock.seconds() < self._snapshot_retry_at:
+            return
+        entries = self.state.applied_index - self._snapshot_index
+        if entries >= self.snapshot_every or self._bytes_since_snapshot >= self.snapshot_every_bytes:
+            self.take_snapshot()
+
+    def take_snapshot(self) -> Deferred:
+        """
+        Snapshot the state as applied now, then drop log segments that the
+        second newest snapshot covers (the newest may turn out corrupt; the
+        one before it plus the log is the fallback).
+        """
+        index = self.state.applied_index
+        epoch = self.disk_log.epoch_at(index)
+        self._snapshotting = True
+        bytes_before, self._bytes_since_snapshot = self._bytes_since_snapshot, 0
+
+        def written(_: object) -> None:
+            self._snapshot_index = index
+            kept = self.snapshots.indexes()
+            if len(kept) >= 2:
+                # Never past what is on every member: an entry a partition
+                # may yet make divergent must stay, to be handed in.
+                try:
+                    self.disk_log.compact(min(kept[1], self.commit_index, self._stable))
+                except OSError as error:
+                    self._fail("compacting the log failed: %s" % (error,))
+                    return
+            self.log.info("snapshot at {index} written", index=index)
+
+        def failed(failure) -> None:
+            # Retry later, not on every batch (a full disk would otherwise
+            # fork a doomed child per batch); the log keeps everything.
+            self._snapshot_retry_at = self.clock.seconds() + SNAPSHOT_RETRY_DELAY
+            self._bytes_since_snapshot = bytes_before
+            self.log.failure("snapshot at {index} failed", failure, index=index)
+
+        def done(result: object) -> object:
+            self._snapshotting = False
+            return result
+
+        d = self.snapshot_writer.write(self.state, index, epoch)
+        d.addCallbacks(written, failed)
+        d.addBoth(done)
+        return d
+
+    def _start_snapshot(self, peer: int, progress: Progress) -> None:
+        for snapshot in self.snapshots.load_all():
+            if isinstance(snapshot, CorruptSnapshot):
+                continue
+            progress.snapshot = (snapshot.index, snapshot.epoch, snapshot.data)
+            self.log.info(
+                "sending snapshot {index} ({size} bytes) to node {peer}",
+                index=snapshot.index,
+                size=len(snapshot.data),
+                peer=peer,
+            )
+            self._send_chunk(peer, progress, 0)
+            return
+        self.log.error("node {peer} needs a snapshot and none is intact", peer=peer)
+
+    def _send_chunk(self, peer: int, progress: Progress, offset: int) -> None:
+        index, epoch, data = progress.snapshot
+        chunk = data[offset : offset + SNAPSHOT_CHUNK_BYTES]
+        done = offset + len(chunk) >= len(data)
+        self.network.send(peer, SnapshotChunk(self.epoch, index, epoch, offset, chunk, done))
+
+    def _on_SnapshotReply(self, peer: int, message: SnapshotReply) -> None:
+        progress = self._progress.get(peer)
+        if message.epoch > self.epoch:
+            self._step_down("node %d is in the newer epoch %d" % (peer, message.epoch))
+            return
+        if self.role != LEADER or progress is None or progress.snapshot is None:
+            return
+        progress.last_reply = self.clock.seconds()
+        index, _, data = progress.snapshot
+        if message.index != index or not message.ok:
+            self._reprobe(progress)
+            self._replicate(peer)
+            return
+        if message.offset >= len(data):
+            progress.snapshot = None
+            progress.match = max(progress.match, index)
+            progress.next = index + 1
+            progress.probing = False
+            self._advance_commit()
+            self._replicate(peer)
+        else:
+            self._send_chunk(peer, progress, message.offset)
+
+    def _on_SnapshotChunk(self, peer: int, message: SnapshotChunk) -> None:
+        if not self._accept_leader(peer, message.epoch):
+            self.network.send(peer, SnapshotReply(self.epoch, message.index, 0, False))
+            return
+        incoming = self._snapshot_in
+        if message.offset == 0:
+            incoming = (message.index, message.snapshot_epoch, [], 0)
+        if incoming is None or incoming[0] != message.index or incoming[3] != message.offset:
+            self._snapshot_in = None
+            self.network.send(peer, SnapshotReply(self.epoch, message.index, 0, False))
+            return
+        index, epoch, chunks, size = incoming
+        chunks.append(message.data)
+        size += len(message.data)
+        self._snapshot_in = (index, epoch, chunks, size)
+        if message.done:
+            self._snapshot_in = None
+            ok = self._install_snapshot(Snapshot(index, epoch, b"".join(chunks)))
+            self.network.send(peer, SnapshotReply(self.epoch, index, size if ok else 0, ok))
+        else:
+            self.network.send(peer, SnapshotReply(self.epoch, index, size, True))
+
+    def _install_snapshot(self, snapshot: Snapshot) -> bool:
+        if snapshot.index <= self.commit_index:
+            return True
+        try:
+            state = ChatState.from_snapshot(snapshot.data)
+        except Exception as error:
+            self.log.error("a received snapshot is unreadable: {error}", error=error)
+            return False
+        try:
+            self.snapshots.save(snapshot)
+            self.disk_log.reset(snapshot.index, snapshot.epoch)
+        except OSError as error:
+            self._fail("installing a snapshot failed: %s" % (error,))
+            return False
+        self.log.info("installed snapshot {index} from the leader", index=snapshot.index)
+        self.state = state
+        self.commit_index = self._snapshot_index = snapshot.index
+        self._matched = snapshot.index
+        self._bytes_since_snapshot = 0
+        self._configs = []
+        self._membership_changed()
+        return True
