@@ -41,6 +41,17 @@ from replichat.entries import Entry
 #: entries, and reads (see the module docstring).
 NOT_REPROPOSED = frozenset({"noop", "config", "read"})
 
+#: Errors of a merged command that name an account not there (yet): a
+#: server can hand in newer commands before a later cut finds the older
+#: one that created the account, so such a command is handed in again, up
+#: to L{HAND_INS} times, and applied again while its request id is
+#: remembered with one of these errors.
+WAITING_CODES = frozenset({"not_logged_in", "no_such_user"})
+
+#: How many times a node hands in a command that keeps waiting for its
+#: account before it gives up on it (the account was deleted meanwhile).
+HAND_INS = 20
+
 
 def origin_of(command: dict, epoch: int, index: int) -> tuple[int, int]:
     """

@@ -83,7 +83,6 @@ from replichat.nodecommands import (  # noqa: F401
 )
 from replichat.nodeleader import APPEND_BYTES, CATCH_UP_INFLIGHT, Progress  # noqa: F401
 from replichat.nodemembership import _lost_with_leadership  # noqa: F401
-from replichat.nodemerge import _fire_with_success, _gather  # noqa: F401
 from replichat.nodepeers import NoNetwork, PeerState, Timing
 from replichat.noderecovery import RecoveryError
 from replichat.nodesnapshots import (  # noqa: F401
@@ -204,6 +203,7 @@ class Node(
         self._orphans: list[dict] = []
         self._orphans_sent_at: float | None = None
         self._orphans_in_flight: dict[tuple, Deferred] = {}
+        self._orphan_tries: dict[tuple, int] = {}
         self._meta_document: dict = {}
 
     # -- start-up ------------------------------------------------------------

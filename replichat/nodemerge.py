@@ -35,6 +35,8 @@ class _OrphanMerge:
 
     def _forget_orphans(self, keys) -> None:
         keys = set(keys)
+        for key in keys:
+            self._orphan_tries.pop(key, None)
         left = [c for c in self._orphans if merge.key(c) not in keys]
         if len(left) != len(self._orphans):
             try:
@@ -46,28 +48,46 @@ class _OrphanMerge:
     def _hand_in_orphans(self, now: float) -> None:
         """
         Get this node's orphans committed: proposed if it serves, sent to
-        its leader otherwise (again each failure timeout until answered).
+        its leader otherwise; again each failure timeout until done.
         """
         if not self._orphans:
             return
+        sent = self._orphans_sent_at
+        if sent is not None and now - sent <= self.timing.failure_timeout:
+            return
         if self.serving:
-            self._commit_orphans(self._orphans).addCallback(
-                lambda done: self._forget_orphans(done)
-            )
+            self._orphans_sent_at = now
+            self._count_hand_in()
+            self._commit_orphans(self._orphans).addCallback(self._forget_orphans)
         elif self.role in (FOLLOWER, LEARNER) and self.leader_id:
-            sent = self._orphans_sent_at
-            if sent is None or now - sent > self.timing.failure_timeout:
-                self._orphans_sent_at = now
-                self.network.send(
-                    self.leader_id, Repropose(self.epoch, COMPACT.encode(self._orphans).encode())
-                )
+            self._orphans_sent_at = now
+            self._count_hand_in()
+            self.network.send(
+                self.leader_id, Repropose(self.epoch, COMPACT.encode(self._orphans).encode())
+            )
+
+    def _count_hand_in(self) -> None:
+        tries = self._orphan_tries
+        for command in self._orphans:
+            key = merge.key(command)
+            tries[key] = tries.get(key, 0) + 1
+        given_up = [key for key, count in tries.items() if count > merge.HAND_INS]
+        if given_up:
+            self.log.warn(
+                "giving up on re-proposed commands {keys}: the accounts they name "
+                "never appeared (deleted meanwhile)",
+                keys=given_up,
+            )
+            self._forget_orphans(given_up)
 
     def _commit_orphans(self, commands: list[dict]) -> Deferred:
         """
         Propose each command not already on its way.
 
-        @return: a Deferred firing with the keys of those committed, once
-            all are, or never if this node loses the leadership first.
+        @return: a Deferred firing, once every one has committed, with the
+            keys of those done (not waiting for their account: see
+            L{merge.WAITING_CODES}); never if this node loses the
+            leadership first.
         """
         waits = []
         for command in commands:
@@ -78,14 +98,14 @@ class _OrphanMerge:
                 d.addBoth(self._orphan_done, key)
                 self._propose(command, d)
             done: Deferred = Deferred()
-            d.addBoth(_fire_with_success, done)
+            d.addBoth(_fire_with_status, done)
             waits.append(done)
         keys = [merge.key(c) for c in commands]
         all_done = Deferred()
 
-        def check(results: list) -> None:
-            if all(results):
-                all_done.callback(keys)
+        def check(statuses: list) -> None:
+            if FAILED not in statuses:
+                all_done.callback([k for k, s in zip(keys, statuses) if s == DONE])
 
         gather = _gather(waits)
         gather.addCallback(check)
@@ -120,12 +140,23 @@ class _OrphanMerge:
         self._forget_orphans(keys)
 
 
-def _fire_with_success(result: object, done: Deferred) -> object:
+#: What became of a proposed orphan (L{_fire_with_status}).
+DONE, WAITING, FAILED = "done", "waiting", "failed"
+
+
+def _fire_with_status(result: object, done: Deferred) -> object:
     """
-    Fire C{done} with whether C{result} is a success; pass C{result} on.
+    Fire C{done} with what became of a proposal: L{FAILED} (the leadership
+    was lost first), L{WAITING} (its account is not there yet) or L{DONE};
+    pass C{result} on.
     """
-    done.callback(not isinstance(result, Failure))
-    return None if isinstance(result, Failure) else result
+    if result is None or isinstance(result, Failure):
+        # Lost with the leadership (an earlier waiter consumed the failure).
+        done.callback(FAILED)
+        return None
+    error = result.error
+    done.callback(WAITING if error is not None and error.code in merge.WAITING_CODES else DONE)
+    return result
 
 
 def _gather(deferreds: list[Deferred]) -> Deferred:

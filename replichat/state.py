@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 from attrs import define, field, frozen
 
-from replichat import errors, failpoints
+from replichat import errors, failpoints, merge
 from replichat.errors import ChatError
 from replichat.jsonwire import COMPACT, DECODER
 from replichat.statecodec import decode_state, encode_state
@@ -224,10 +224,13 @@ class ChatState:
                     if made is not None and made != new_id:
                         self.aliases[new_id] = made
                     return self._repeat(command, remembered)
-                if not command.get("committed"):
+                waiting = remembered[3][0] in merge.WAITING_CODES
+                if not command.get("committed") and not waiting:
                     # Not known committed where it was cut: the refusal,
                     # given since, is the answer that stands.
                     return self._repeat(command, remembered)
+                # (A command waiting for its account is handed in again
+                # until the account is there: see merge.WAITING_CODES.)
                 # The winner refused it, with no effect, and the losing side
                 # committed it, perhaps acknowledged: one of the two answers
                 # was lost on its way to the client.  Apply it, once: better

@@ -575,19 +575,25 @@ class MergeTests(SynchronousTestCase):
         A request the winning side refused (no effect) but the losing side
         committed is applied when merged, once: one of the two answers was
         lost, and the one that said it took effect must hold.  One the
-        losing side did not know committed is not.
+        losing side did not know committed is not; one refused only for
+        want of an account not there yet is tried again when handed in.
         """
         d = Driver()
-        d.create("alice")
         d.create("bob")
-        refused = d.apply({"op": "send", "who": d.uid("alice"), "to": 12345, "text": "x",
-                           "rid": "r-x", "fp": "fp"})
-        self.assertEqual(refused.error.code, errors.NO_SUCH_USER)
-        merged = {"op": "send", "who": d.uid("alice"), "to": d.uid("bob"), "text": "x",
-                  "rid": "r-x", "fp": "fp", "origin": [7001, 9], "merged": True}
-        # Not known committed where it was cut: the refusal stands.
-        self.assertEqual(d.apply(dict(merged)).error.code, errors.NO_SUCH_USER)
-        self.assertEqual(len(d.state.messages), 0)
+        refused = d.create("bob", rid="r-x")
+        self.assertEqual(refused.error.code, errors.USERNAME_TAKEN)
+        merged = {"op": "create_account", "who": None, "username": "bob", "password": PASSWORD,
+                  "rid": "r-x", "fp": "fp-bob", "origin": [7001, 9], "merged": True}
+        self.assertEqual(d.apply(dict(merged)).error.code, errors.USERNAME_TAKEN)
+        self.assertEqual(sorted(d.state.uids_by_name), ["bob"])
         self.assertIsNone(d.apply({**merged, "committed": True}).error)
         self.assertTrue(d.apply({**merged, "committed": True}).duplicate)
+        self.assertEqual(sorted(d.state.uids_by_name), ["bob", "bob~2"])
+
+        waiting = {"op": "send", "who": d.uid("bob"), "to": origin_id(7001, 20), "text": "x",
+                   "rid": "r-w", "fp": "fp", "origin": [7001, 21], "merged": True}
+        self.assertEqual(d.apply(dict(waiting)).error.code, errors.NO_SUCH_USER)
+        d.apply({"op": "create_account", "who": None, "username": "carol",
+                 "password": PASSWORD, "origin": [7001, 20], "merged": True})
+        self.assertIsNone(d.apply(dict(waiting)).error)
         self.assertEqual(len(d.state.messages), 1)
