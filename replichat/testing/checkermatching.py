@@ -27,9 +27,12 @@ def _base_name(name):
 
 def _same_name(seen, committed) -> bool:
     """
-    Whether C{committed} is the name C{seen}, perhaps renamed by a heal.
+    Whether C{committed} is the name C{seen}, either perhaps renamed by a
+    heal (one side may have merged a rename the other side applies later).
     """
-    return seen == committed or (seen is not None and _base_name(committed) == seen)
+    return seen == committed or (
+        seen is not None and committed is not None and _base_name(committed) == _base_name(seen)
+    )
 
 
 def _same_message(seen, committed, aliased: bool = False) -> bool:
