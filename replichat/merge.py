@@ -76,10 +76,8 @@ def orphan(command: dict, epoch: int, index: int, committed: bool) -> dict | Non
         return None
     origin = origin_of(command, epoch, index)
     merged = {**command, "origin": list(origin), "merged": True}
-    if committed:
+    if committed or command.get("committed"):
         merged["committed"] = True
-    else:
-        merged.pop("committed", None)
     if merged.get("rid") is None:
         # No client request id: one named after the origin makes handing it
         # in from several servers, or twice, apply it once.

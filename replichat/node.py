@@ -174,7 +174,7 @@ class Node(
         self._matched = 0  # as a follower: my log matches the leader's to here
         self._following = (0, 0)  # (leader, epoch) that _matched is about
         # What peers said that a candidate must not lead against (_may_lead).
-        self._commit_seen: dict[int, int] = {}
+        self._commit_seen: dict[int, tuple[int, int]] = {}  # (last epoch, commit)
         self._waiting_peers: set[int] = set()  # see election.outcome
         self._fresher_excluders: dict[int, election.Rank] = {}
         self._leader_commit = 0  # as a follower: the leader's commit index
@@ -215,8 +215,12 @@ class Node(
 
         @raise RecoveryError: if the data cannot be recovered intact.
         """
+        self._meta_document = self.meta.load()
+        cut = self._meta_document.get("cut")
+        if cut is not None:
+            self._finish_cut(cut)  # a crash stopped a healed partition's cut
         self.recover()
-        document = self._meta_document = self.meta.load()
+        document = self._meta_document
         owner = document.get("node", self.node_id)
         if owner != self.node_id:
             raise RecoveryError(
@@ -342,7 +346,10 @@ class Node(
 
     def _on_Heartbeat(self, peer: int, message: Heartbeat) -> None:
         self._peer(peer).status = message
-        self._commit_seen[peer] = max(self._commit_seen.get(peer, 0), message.commit_index)
+        # Only the newest history a peer reported counts: a commit index
+        # from before a heal cut its log back says nothing any more.
+        seen = (message.last_epoch, message.commit_index)
+        self._commit_seen[peer] = max(self._commit_seen.get(peer, seen), seen)
         if message.epoch > self.epoch and message.role == LEADER:
             if self.role == LEADER:
                 self._step_down("node %d leads in the newer epoch %d" % (peer, message.epoch))

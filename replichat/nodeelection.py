@@ -155,8 +155,8 @@ class _Election:
         both sides committed, the merge then keeps everything.
         """
         rank = self._rank()
-        for peer, commit in self._commit_seen.items():
-            if commit > rank.last_index and self._is_down(peer):
+        for peer, (epoch, commit) in self._commit_seen.items():
+            if epoch >= rank.last_epoch and commit > rank.last_index and self._is_down(peer):
                 return False
         for peer, fresher in self._fresher_excluders.items():
             if fresher > rank and self._is_down(peer):

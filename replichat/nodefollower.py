@@ -106,9 +106,16 @@ class _FollowerCommit:
             orphans=len(found),
         )
         try:
-            if found:
-                self._save_orphans(self._orphans + found)  # durable before they go
-            log.truncate_after(index)
+            if below:
+                # The cut, with what it hands in, is durable before any of
+                # it is done, and redone at start-up if a crash stops it
+                # (a snapshot holding cut entries must never be loaded).
+                self._save_orphans(self._orphans + found, cut=index)
+                self._finish_cut(index)
+            else:
+                if found:
+                    self._save_orphans(self._orphans + found)  # durable before they go
+                log.truncate_after(index)
         except OSError as error:
             self._fail("truncating the log failed: %s" % (error,))
             return False
@@ -130,16 +137,31 @@ class _FollowerCommit:
                 yield entry, decode_command(entry.data)
             start = entries[-1].index + 1
 
+    def _finish_cut(self, index: int) -> None:
+        """
+        Cut the log after C{index}, set aside the snapshots that hold cut
+        entries, and reset the log if no snapshot is left to start from;
+        then forget the cut.  Idempotent: also run at start-up for a cut a
+        crash interrupted.
+
+        @raise OSError: if the disk fails.
+        """
+        for kept in self.snapshots.indexes():
+            if kept > index:
+                self.snapshots.quarantine(kept, DIVERGED_SUFFIX)
+        log = self.disk_log
+        if log.last_index > index:
+            log.truncate_after(index)
+        if log.base_index > 0 and not any(i >= log.base_index for i in self.snapshots.indexes()):
+            log.reset(0, 0)  # nothing covers its start: begin again from nothing
+        self._save_meta(cut=None)
+
     def _roll_back(self, index: int) -> bool:
         """
         Rebuild the state from before C{index}, after a healed partition
         cut committed entries: from a snapshot no newer than C{index} plus
         the log, or from nothing (the leader then sends a snapshot).
         """
-        for kept in self.snapshots.indexes():
-            if kept > index:
-                # It holds cut entries; never start from it again.
-                self.snapshots.quarantine(kept, DIVERGED_SUFFIX)
         try:
             state = self._load_snapshot()
         except RecoveryError:

@@ -42,6 +42,7 @@ class Progress:
     inflight: list = field(factory=list)
     last_reply: float = 0.0
     snapshot: tuple | None = None  # (index, epoch, data) being sent
+    base_probed: bool = False  # probed at the log's base before a snapshot
 
 
 class _LeaderCommit:
@@ -181,6 +182,7 @@ class _LeaderCommit:
         progress.probe_sent_at = None
         progress.inflight.clear()
         progress.snapshot = None
+        progress.base_probed = False
         progress.next = max(progress.match + 1, min(progress.next, self.disk_log.last_index + 1))
 
     def _replicate(self, peer: int) -> None:
@@ -192,9 +194,18 @@ class _LeaderCommit:
             return
         if progress.snapshot is not None:
             return
-        if progress.next <= self.disk_log.base_index:
-            self._start_snapshot(peer, progress)
-            return
+        base = self.disk_log.base_index
+        if progress.next <= base:
+            if progress.probing and not progress.base_probed:
+                # Entries up to the base are on every member, so a member
+                # whose log reaches it matches there: bring it on from
+                # there (a divergent suffix is then cut and handed in)
+                # rather than wipe its log with a snapshot.
+                progress.base_probed = True
+                progress.next = base + 1
+            else:
+                self._start_snapshot(peer, progress)
+                return
         if progress.probing:
             if progress.probe_sent_at is not None:
                 return

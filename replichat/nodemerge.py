@@ -25,13 +25,19 @@ class _OrphanMerge:
     L{replichat.nodeleader._LeaderCommit._propose}.
     """
 
-    def _save_orphans(self, orphans: list[dict]) -> None:
+    def _save_orphans(self, orphans: list[dict], **meta) -> None:
         # In origin order, which is the order they were first committed in:
         # a later cut may find older entries (a login after the account it
-        # logs into was cut by an earlier heal).
-        unique = sorted({merge.key(c): c for c in orphans}.values(), key=merge.key)
-        self._save_meta(orphans=unique)
-        self._orphans = unique
+        # logs into was cut by an earlier heal).  Of two copies of one, the
+        # one known committed counts (a re-cut after a restart is not).
+        unique: dict[tuple, dict] = {}
+        for command in orphans:
+            key = merge.key(command)
+            if key not in unique or command.get("committed"):
+                unique[key] = command
+        kept = sorted(unique.values(), key=merge.key)
+        self._save_meta(orphans=kept, **meta)
+        self._orphans = kept
 
     def _forget_orphans(self, keys) -> None:
         keys = set(keys)
@@ -57,36 +63,20 @@ class _OrphanMerge:
             return
         if self.serving:
             self._orphans_sent_at = now
-            self._count_hand_in()
-            self._commit_orphans(self._orphans).addCallback(self._forget_orphans)
+            self._commit_orphans(self._orphans).addCallback(lambda r: self._handed_in(*r))
         elif self.role in (FOLLOWER, LEARNER) and self.leader_id:
             self._orphans_sent_at = now
-            self._count_hand_in()
             self.network.send(
                 self.leader_id, Repropose(self.epoch, COMPACT.encode(self._orphans).encode())
             )
-
-    def _count_hand_in(self) -> None:
-        tries = self._orphan_tries
-        for command in self._orphans:
-            key = merge.key(command)
-            tries[key] = tries.get(key, 0) + 1
-        given_up = [key for key, count in tries.items() if count > merge.HAND_INS]
-        if given_up:
-            self.log.warn(
-                "giving up on re-proposed commands {keys}: the accounts they name "
-                "never appeared (deleted meanwhile)",
-                keys=given_up,
-            )
-            self._forget_orphans(given_up)
 
     def _commit_orphans(self, commands: list[dict]) -> Deferred:
         """
         Propose each command not already on its way.
 
         @return: a Deferred firing, once every one has committed, with the
-            keys of those done (not waiting for their account: see
-            L{merge.WAITING_CODES}); never if this node loses the
+            keys of those done and of those still waiting for their account
+            (see L{merge.WAITING_CODES}); never if this node loses the
             leadership first.
         """
         waits = []
@@ -94,9 +84,10 @@ class _OrphanMerge:
             key = merge.key(command)
             d = self._orphans_in_flight.get(key)
             if d is None:
-                d = self._orphans_in_flight[key] = Deferred()
+                d = Deferred()
+                self._propose(command, d)  # may raise: then not in flight
+                self._orphans_in_flight[key] = d
                 d.addBoth(self._orphan_done, key)
-                self._propose(command, d)
             done: Deferred = Deferred()
             d.addBoth(_fire_with_status, done)
             waits.append(done)
@@ -105,7 +96,10 @@ class _OrphanMerge:
 
         def check(statuses: list) -> None:
             if FAILED not in statuses:
-                all_done.callback([k for k, s in zip(keys, statuses) if s == DONE])
+                all_done.callback((
+                    [k for k, s in zip(keys, statuses) if s == DONE],
+                    [k for k, s in zip(keys, statuses) if s == WAITING],
+                ))
 
         gather = _gather(waits)
         gather.addCallback(check)
@@ -127,17 +121,39 @@ class _OrphanMerge:
             count=len(commands),
         )
         self._commit_orphans(commands).addCallback(
-            lambda keys: self.network.send(
-                peer, ReproposeReply(self.epoch, COMPACT.encode(keys).encode())
+            lambda result: self.network.send(
+                peer,
+                ReproposeReply(
+                    self.epoch, COMPACT.encode(result[0]).encode(), COMPACT.encode(result[1]).encode()
+                ),
             )
         )
 
     def _on_ReproposeReply(self, peer: int, message: ReproposeReply) -> None:
         if peer != self.leader_id:
             return
-        keys = [tuple(k) for k in DECODER.decode(message.origins.decode())]
-        self._orphans_sent_at = None
-        self._forget_orphans(keys)
+        self._handed_in(
+            [tuple(k) for k in DECODER.decode(message.origins.decode())],
+            [tuple(k) for k in DECODER.decode(message.waiting.decode())],
+        )
+
+    def _handed_in(self, done: list, waiting: list) -> None:
+        """
+        Forget what a leader committed; count how often each command came
+        back still waiting for its account, and give up on one only after
+        L{merge.HAND_INS} such answers (its account was deleted meanwhile).
+        """
+        tries = self._orphan_tries
+        for key in waiting:
+            tries[key] = tries.get(key, 0) + 1
+        given_up = [key for key in waiting if tries[key] >= merge.HAND_INS]
+        if given_up:
+            self.log.warn(
+                "giving up on re-proposed commands {keys}: the accounts they name "
+                "never appeared (deleted meanwhile)",
+                keys=given_up,
+            )
+        self._forget_orphans(list(done) + given_up)
 
 
 #: What became of a proposed orphan (L{_fire_with_status}).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred, succeed
 
+from replichat import merge
 from replichat.entries import CorruptSnapshot, Snapshot
 from replichat.nodeleader import Progress
 from replichat.peermessages import LEADER, SnapshotChunk, SnapshotReply
@@ -163,16 +164,23 @@ class _Snapshots:
             self.network.send(peer, SnapshotReply(self.epoch, index, size, True))
 
     def _install_snapshot(self, snapshot: Snapshot) -> bool:
-        if snapshot.index <= self.commit_index:
+        log = self.disk_log
+        if snapshot.index <= self.commit_index and self._holds(snapshot.index, snapshot.epoch):
             return True
         try:
             state = ChatState.from_snapshot(snapshot.data)
         except Exception as error:
             self.log.error("a received snapshot is unreadable: {error}", error=error)
             return False
+        # Whatever this log holds past the entries every member has may be
+        # a healed partition's divergent suffix: hand it in before it goes.
+        start = max(self._stable, log.base_index) + 1
+        found = merge.orphans(self._decoded(start, log.last_index), self.commit_index)
         try:
+            if found:
+                self._save_orphans(self._orphans + found)
             self.snapshots.save(snapshot)
-            self.disk_log.reset(snapshot.index, snapshot.epoch)
+            log.reset(snapshot.index, snapshot.epoch)
         except OSError as error:
             self._fail("installing a snapshot failed: %s" % (error,))
             return False
@@ -184,3 +192,12 @@ class _Snapshots:
         self._configs = []
         self._membership_changed()
         return True
+
+    def _holds(self, index: int, epoch: int) -> bool:
+        """
+        Whether this log has the entry (C{index}, C{epoch}), or compacted it.
+        """
+        log = self.disk_log
+        if index < log.base_index:
+            return True
+        return index <= log.last_index and log.epoch_at(index) == epoch

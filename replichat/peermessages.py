@@ -232,13 +232,16 @@ class Repropose:
 class ReproposeReply:
     """
     The leader committed these re-proposed commands; the sender may forget
-    them.
+    them, except those still waiting for their account, which it hands in
+    again later (L{replichat.merge.WAITING_CODES}).
 
     @ivar origins: a JSON array of their C{origin}s, C{[epoch, index]}.
+    @ivar waiting: the same, of those still waiting.
     """
 
     epoch: int
     origins: bytes
+    waiting: bytes = b"[]"
 
 
 MESSAGE_TYPES = (

@@ -35,23 +35,23 @@ def serve_node(argv: list[str]) -> None:
     it makes rerouted as C{$REPLICHAT_CHAOS_ROUTES} says (to the proxy).
 
     Only where a connection goes changes: the server, its config and its
-    log are the real ones.  The hook is L{replichat.peerproto}'s one
+    log are the real ones.  The hook is L{replichat.peerdial}'s one
     function that makes every peer client endpoint (dials, probes).
     """
     _die_with_parent()
     routes = {key: tuple(value) for key, value in json.loads(os.environ[ROUTES_ENV]).items()}
-    from replichat import peerproto
+    from replichat import peerdial
 
-    original = getattr(peerproto, "_client_endpoint", None)
+    original = getattr(peerdial, "_client_endpoint", None)
     if original is None:
-        raise SystemExit("chaos: replichat.peerproto._client_endpoint is gone; "
+        raise SystemExit("chaos: replichat.peerdial._client_endpoint is gone; "
                          "serve_node cannot route peer connections")
 
     def routed(reactor, host, port, *args, **kwargs):
         host, port = routes.get("%s:%d" % (host, port), (host, port))
         return original(reactor, host, port, *args, **kwargs)
 
-    peerproto._client_endpoint = routed
+    peerdial._client_endpoint = routed
     planted = [name for name in os.environ.get(PLANT_ENV, "").split(",") if name]
     if planted:
         from replichat import failpoints
