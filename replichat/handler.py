@@ -362,9 +362,6 @@ class ChatHandler:
              "to": None if recipient is None else recipient.uid, "text": text},
         )
 
-    def _is_retry(self, request: Request) -> bool:
-        return request.rid is not None and self.node.state.remembered(request.rid)
-
     def op_read(self, connection: Connection, request: Request, limit: int) -> Deferred:
         account = self._session_account(connection)
         return self._commit(request, {"op": "read", "who": account.uid, "limit": limit})
