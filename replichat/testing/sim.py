@@ -114,7 +114,8 @@ class Simulation:
         self.seed = seed
         self.settings = settings
         self.net_rng = random.Random("replichat-sim-net:%d" % (seed,))
-        self.cluster = SimCluster(settings.servers, timing=Timing(0.1, 0.5))
+        self.cluster = SimCluster(
+            settings.servers, timing=Timing(0.1, 0.5), snapshot_every=settings.snapshot_every)
         self.clock = self.cluster.clock
         self.server_ids = tuple(range(1, settings.servers + 1))
         self.history = checker.History()

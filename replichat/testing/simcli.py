@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="operations the clients start per seed (default %(default)s)")
     parser.add_argument("--faulty", type=float, default=defaults.faulty,
                         help="simulated seconds of faults per seed (default %(default)s)")
+    parser.add_argument("--snapshot-every", type=int, default=defaults.snapshot_every,
+                        help="entries between snapshots and compaction (default %(default)s:"
+                        " none in a run)")
     parser.add_argument("--plant", choices=sorted(failpoints.ALL),
                         help="turn on a planted bug (replichat.failpoints) for the run")
     parser.add_argument("--history", metavar="PATH",
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     # observer Twisted would print every critical event to stderr.
     globalLogBeginner.beginLoggingTo([lambda event: None], redirectStandardIO=False)
     settings = Settings(mode=options.mode, scenario=options.scenario, servers=options.servers,
-                        clients=options.clients, ops=options.ops, faulty=options.faulty)
+                        clients=options.clients, ops=options.ops, faulty=options.faulty,
+                        snapshot_every=options.snapshot_every)
     planted = failpoints.planted(options.plant) if options.plant else nullcontext()
     with planted:
         if options.seed is not None:

@@ -71,7 +71,8 @@ class RunResult:
         words = ["bin/simulate", "--seed", str(self.seed), "--trace"]
         s = self.settings
         words += ["--mode", s.mode, "--scenario", s.scenario, "--servers", str(s.servers)]
-        for name, flag in (("clients", "--clients"), ("ops", "--ops"), ("faulty", "--faulty")):
+        for name, flag in (("clients", "--clients"), ("ops", "--ops"), ("faulty", "--faulty"),
+                           ("snapshot_every", "--snapshot-every")):
             if getattr(s, name) != getattr(defaults, name):
                 words += [flag, str(getattr(s, name))]
         for bug in self.planted:

@@ -64,6 +64,8 @@ class Settings:
         the servers to converge.
     @ivar progress: in liveness mode, a write must commit within this long
         after the heal.
+    @ivar snapshot_every: entries between the servers' snapshots (and log
+        compaction); the default takes none in a run.
     """
 
     mode: str = "safety"
@@ -74,6 +76,7 @@ class Settings:
     faulty: float = 8.0
     quiet: float = 25.0
     progress: float = 10.0
+    snapshot_every: int = 100_000
 
     def for_seed(self, seed: int) -> Settings:
         """
@@ -84,4 +87,4 @@ class Settings:
         scenario = self.scenario or pick.choice(sorted(SCENARIOS))
         servers = self.servers or pick.choice((3, 3, 3, 3, 3, 3, 4, 5))
         return Settings(mode, scenario, servers, self.clients, self.ops, self.faulty,
-                        self.quiet, self.progress)
+                        self.quiet, self.progress, self.snapshot_every)
