@@ -764,6 +764,31 @@ class PartitionTests(ClusterTestCase):
         self.assertIn("from erin", self.texts(node, "alice"))
 
 
+    def test_winner_compacted_past_the_losers_epoch(self):
+        """
+        The winning side's leader (new since the split, and restarted) has
+        compacted past the start of the losing side's epoch: the loser is
+        probed at the log's base and its divergent suffix cut and handed in,
+        not wiped by a snapshot.
+        """
+        cluster = self.cluster(snapshot_every=10)
+        lonely, winner = self.split(cluster, pre=8)
+        for i in range(3):
+            self.send(cluster, lonely, "alice", "bob", "m%d" % (i,), "m%d" % (i,))
+        for i in range(25):
+            self.send(cluster, winner, "alice", "bob", "w%d" % (i,), "w%d" % (i,))
+        cluster.crash(winner.node_id)
+        cluster.start(winner.node_id)
+        self.settle(cluster, 2.0)
+        cluster.network.heal()
+        self.settle(cluster, 5.0)
+        self.assertConverged(cluster)
+        leader = cluster.leader()
+        self.assertGreater(leader.disk_log.base_index, 0)
+        self.assertEqual(sorted(t for t in self.texts(leader, "bob") if t.startswith("m")),
+                         ["m0", "m1", "m2"])
+
+
 class StaleServerTests(ClusterTestCase):
     def test_stale_member_never_leads(self):
         """
@@ -791,28 +816,3 @@ class StaleServerTests(ClusterTestCase):
         self.assertEqual(node.role, "candidate")
         node.force_lead()
         cluster.run_until(lambda: node.serving, 3.0)
-
-
-    def test_winner_compacted_past_the_losers_epoch(self):
-        """
-        The winning side's leader (new since the split, and restarted) has
-        compacted past the start of the losing side's epoch: the loser is
-        probed at the log's base and its divergent suffix cut and handed in,
-        not wiped by a snapshot.
-        """
-        cluster = self.cluster(snapshot_every=10)
-        lonely, winner = self.split(cluster, pre=8)
-        for i in range(3):
-            self.send(cluster, lonely, "alice", "bob", "m%d" % (i,), "m%d" % (i,))
-        for i in range(25):
-            self.send(cluster, winner, "alice", "bob", "w%d" % (i,), "w%d" % (i,))
-        cluster.crash(winner.node_id)
-        cluster.start(winner.node_id)
-        self.settle(cluster, 2.0)
-        cluster.network.heal()
-        self.settle(cluster, 5.0)
-        self.assertConverged(cluster)
-        leader = cluster.leader()
-        self.assertGreater(leader.disk_log.base_index, 0)
-        self.assertEqual(sorted(t for t in self.texts(leader, "bob") if t.startswith("m")),
-                         ["m0", "m1", "m2"])
