@@ -61,6 +61,22 @@ _CREATING = frozenset({"create_account", "send"})
 ORIGIN_BASE = 10**10
 
 
+def resolved(aliases: dict[int, int], command: dict) -> dict:
+    """
+    C{command} with the uids and message ids it names (C{who}, C{to},
+    C{ids}) resolved through C{aliases}: a losing side's id names the
+    winner's (L{ChatState.aliases}).
+    """
+    changed = {}
+    for name in ("who", "to"):
+        if command.get(name) in aliases:
+            changed[name] = aliases[command[name]]
+    ids = command.get("ids")
+    if ids and any(i in aliases for i in ids):
+        changed["ids"] = [aliases.get(i, i) for i in ids]
+    return {**command, **changed} if changed else command
+
+
 def origin_id(epoch: int, index: int) -> int:
     """
     The uid or message id created by the entry at (C{epoch}, C{index}).
@@ -207,7 +223,7 @@ class ChatState:
             )
         self.applied_index = index
         if self.aliases:
-            command = self._resolved(command)
+            command = resolved(self.aliases, command)
         origin = command.get("origin")
         new_id = origin_id(*origin) if origin is not None else origin_id(epoch, index)
         rid = command.get("rid")
@@ -244,17 +260,6 @@ class ChatState:
             made = new_id if outcome.error is None and command["op"] in _CREATING else None
             self._remember(rid, command, outcome, made)
         return outcome
-
-    def _resolved(self, command: dict) -> dict:
-        aliases = self.aliases
-        changed = {}
-        for name in ("who", "to"):
-            if command.get(name) in aliases:
-                changed[name] = aliases[command[name]]
-        ids = command.get("ids")
-        if ids and any(i in aliases for i in ids):
-            changed["ids"] = [aliases.get(i, i) for i in ids]
-        return {**command, **changed} if changed else command
 
     def _repeat(self, command: dict, remembered: tuple) -> Outcome:
         who, fingerprint = remembered[:2]

@@ -24,7 +24,7 @@ from attrs import field, frozen
 
 from replichat.entries import CorruptSnapshot, Entry, Snapshot
 from replichat.jsonwire import DECODER
-from replichat.state import ChatState
+from replichat.state import ChatState, resolved
 from replichat.testing.checkerreport import DIVERGED, STATE, Anomaly, Report
 
 # -- what the servers kept ---------------------------------------------------------------
@@ -281,18 +281,9 @@ class _Replay:
 def _resolved(aliases: dict, command: dict) -> dict:
     """
     C{command} with the ids it names resolved through C{aliases}, as
-    L{ChatState.apply} resolves them (a losing side's id names the winner's).
+    L{ChatState.apply} resolves them.
     """
-    if not aliases:
-        return command
-    changed = {}
-    for name in ("who", "to"):
-        if command.get(name) in aliases:
-            changed[name] = aliases[command[name]]
-    ids = command.get("ids")
-    if ids and any(i in aliases for i in ids):
-        changed["ids"] = [aliases.get(i, i) for i in ids]
-    return {**command, **changed} if changed else command
+    return resolved(aliases, command) if aliases else command
 
 
 def _short(data: bytes, limit: int = 120) -> str:
