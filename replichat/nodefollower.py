@@ -40,11 +40,19 @@ class _FollowerCommit:
             self.network.send(peer, AppendReply(self.epoch, False, log.last_index))
             return
         if prev < log.base_index:
-            # Compacted here, hence committed, hence the same as the
-            # leader's: skip what the snapshot covers.
+            # Compacted here.  The entry the base stands for is usually the
+            # leader's too; not if a snapshot of a losing side's history
+            # came in (a snapshot may reach past what every member has).
+            at_base = [e for e in entries if e.index == log.base_index]
+            if at_base and at_base[0].epoch != log.base_epoch:
+                self._start_over(peer)
+                return
             entries = tuple(e for e in entries if e.index > log.base_index)
             prev = log.base_index
         elif log.epoch_at(prev) != message.prev_epoch:
+            if prev == log.base_index and prev > 0:
+                self._start_over(peer)  # even the base differs
+                return
             self.network.send(peer, AppendReply(self.epoch, False, self._backtrack(prev)))
             return
         new = []
@@ -86,17 +94,29 @@ class _FollowerCommit:
             index -= 1
         return index
 
+    def _start_over(self, peer: int) -> None:
+        """
+        This log diverges from the leader's at or below its compacted base
+        (it installed a snapshot of a losing side's history): hand in what
+        follows the base, drop everything, and let the leader send a
+        snapshot.
+        """
+        if self._truncate_after(0):
+            self.network.send(peer, AppendReply(self.epoch, False, self.disk_log.last_index))
+
     def _truncate_after(self, index: int) -> bool:
         """
         Cut the log after C{index}, where it diverges from the leader's,
         handing the client commands cut to the leader (L{replichat.merge}).
+        C{index} may be below the compacted base: then everything goes.
         """
         log = self.disk_log
         # Every client command is handed in, marked with whether this node
         # knew it committed: the commit index is not on disk, so after a
         # restart a committed, acknowledged entry looks uncommitted.
-        found = merge.orphans(self._decoded(index + 1, log.last_index), self.commit_index)
-        below = index < self.commit_index
+        start = max(index, log.base_index) + 1
+        found = merge.orphans(self._decoded(start, log.last_index), self.commit_index)
+        below = index < self.commit_index or index < log.base_index
         (self.log.warn if below else self.log.info)(
             "the leader's log diverges after {index} (commit index {commit}); "
             "cutting {cut} entries, {orphans} commands to re-propose",
@@ -150,7 +170,9 @@ class _FollowerCommit:
             if kept > index:
                 self.snapshots.quarantine(kept, DIVERGED_SUFFIX)
         log = self.disk_log
-        if log.last_index > index:
+        if index < log.base_index:
+            log.reset(0, 0)
+        elif log.last_index > index:
             log.truncate_after(index)
         if log.base_index > 0 and not any(i >= log.base_index for i in self.snapshots.indexes()):
             log.reset(0, 0)  # nothing covers its start: begin again from nothing
