@@ -398,9 +398,7 @@ class ChatHandler:
             # another account's request is refused.
             first = self.node.state.recall(request.rid, request.fingerprint())
             if first is not None:
-                if first.error is not None:
-                    raise first.error
-                return first.result
+                return _result_of(first)
         account = self._session_account(connection)
         matched = await self._hash_work(
             connection, lambda: self.hasher.check(password, account.password)

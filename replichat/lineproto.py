@@ -33,6 +33,7 @@ connections had theirs.
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from twisted.internet.defer import Deferred
@@ -71,6 +72,9 @@ TURN_BUDGET = 0.01
 #: Strict: a client may not send what could not be stored or echoed back.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
+#: A JSON escape of a UTF-16 surrogate, the only way a line can carry one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
 
 def encode_line(obj: dict) -> bytes:
     """
@@ -97,8 +101,9 @@ def decode_line(line: bytes) -> object:
         raise ChatError(errors.BAD_REQUEST, "a line must not nest this deeply")
     except ValueError as error:
         raise ChatError(errors.BAD_REQUEST, "a line must be a JSON object: %s" % (error,))
-    if b"\\u" in line:
-        # Only a \u escape can smuggle in a surrogate; check those lines.
+    if _SURROGATE_ESCAPE.search(line):
+        # Only a \uD800-\uDFFF escape can smuggle in a surrogate (most
+        # clients escape all non-ASCII text, so a plain \u is common).
         try:
             COMPACT.encode(obj).encode("utf-8")
         except UnicodeEncodeError:

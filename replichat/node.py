@@ -74,22 +74,12 @@ from replichat.nodesnapshots import _Snapshots
 from replichat.peermessages import CANDIDATE, FOLLOWER, LEADER, LEARNER, Heartbeat
 from replichat.state import ChatState
 
-# Defined with the part that uses them, and importable from here as before.
-from replichat.nodecommands import (  # noqa: F401
-    _CONFIG_MARK,
-    REPLAY_CHUNK_BYTES,
-    decode_command,
-    encode_command,
-)
-from replichat.nodeleader import APPEND_BYTES, CATCH_UP_INFLIGHT, Progress  # noqa: F401
-from replichat.nodemembership import _lost_with_leadership  # noqa: F401
+# Importable from here as before the core was split.
+from replichat.nodecommands import REPLAY_CHUNK_BYTES, decode_command, encode_command  # noqa: F401
+from replichat.nodeleader import Progress
 from replichat.nodepeers import NoNetwork, PeerState, Timing
 from replichat.noderecovery import RecoveryError
-from replichat.nodesnapshots import (  # noqa: F401
-    SNAPSHOT_CHUNK_BYTES,
-    SNAPSHOT_RETRY_DELAY,
-    InlineSnapshotWriter,
-)
+from replichat.nodesnapshots import InlineSnapshotWriter
 
 
 class Node(
@@ -215,18 +205,19 @@ class Node(
 
         @raise RecoveryError: if the data cannot be recovered intact.
         """
-        self._meta_document = self.meta.load()
-        cut = self._meta_document.get("cut")
-        if cut is not None:
-            self._finish_cut(cut)  # a crash stopped a healed partition's cut
-        self.recover()
-        document = self._meta_document
+        document = self._meta_document = self.meta.load()
+        # Before anything on disk is touched: another node's data is not ours
+        # to cut or recover.
         owner = document.get("node", self.node_id)
         if owner != self.node_id:
             raise RecoveryError(
                 "this data directory belongs to node %s, not node %s"
                 % (owner, self.node_id)
             )
+        if document.get("cut") is not None:
+            self._finish_cut(document["cut"])  # a crash stopped a healed partition's cut
+        self.recover()
+        document = self._meta_document
         self.epoch = max(document.get("epoch", 0), self.disk_log.last_epoch)
         self._orphans = list(document.get("orphans", []))
         if self._orphans:
@@ -248,10 +239,7 @@ class Node(
                     live=frozenset(),
                 )
         self._last_tick = self.clock.seconds()
-        for peer in self.cluster.members:
-            if peer != self.node_id:
-                self._peers[peer] = PeerState()
-        self._membership_changed()
+        self._membership_changed()  # a failure-detector entry per peer
         if self.role == CANDIDATE:
             self._start_election()
 
@@ -361,10 +349,6 @@ class Node(
                 self._advance_follower_commit(message.commit_index)
 
     # -- status ----------------------------------------------------------------
-
-    @property
-    def last_index(self) -> int:
-        return self.disk_log.last_index
 
     def status(self) -> dict:
         """

@@ -47,8 +47,7 @@ class _Election:
         self.leader_id = 0
         self._answers = {}
         self._election_started = self.clock.seconds()
-        rank = self._rank()
-        call = Election(self.epoch, rank.last_epoch, rank.last_index, self._ready())
+        call = self._election_call()
         for peer in self.cluster.members:
             if peer != self.node_id:
                 self.network.send(peer, call)
@@ -106,6 +105,10 @@ class _Election:
         self._answers[peer] = election.Rank(message.last_epoch, message.last_index, peer)
         self._note_ready(peer, message.ready)
         self._check_election()
+
+    def _election_call(self) -> Election:
+        rank = self._rank()
+        return Election(self.epoch, rank.last_epoch, rank.last_index, self._ready())
 
     def _ready(self) -> bool:
         """

@@ -195,11 +195,8 @@ class _FollowerCommit:
         except OSError as error:
             self._fail("resetting the log failed: %s" % (error,))
             return False
-        self.state = state
-        self.commit_index = self._snapshot_index = state.applied_index
+        self._use_state(state)
         self._matched = min(self._matched, self.disk_log.last_index)
-        self._bytes_since_snapshot = 0
-        self._configs = self._scan_configs(self.commit_index + 1)
         self._membership_changed()
         return True
 

@@ -8,11 +8,11 @@ hands them to its leader otherwise.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.python.failure import Failure
 
 from replichat import merge
-from replichat.jsonwire import COMPACT, DECODER
+from replichat.nodecommands import decode_command, encode_command
 from replichat.peermessages import FOLLOWER, LEADER, LEARNER, Repropose, ReproposeReply
 
 
@@ -67,7 +67,7 @@ class _OrphanMerge:
         elif self.role in (FOLLOWER, LEARNER) and self.leader_id:
             self._orphans_sent_at = now
             self.network.send(
-                self.leader_id, Repropose(self.epoch, COMPACT.encode(self._orphans).encode())
+                self.leader_id, Repropose(self.epoch, encode_command(self._orphans))
             )
 
     def _commit_orphans(self, commands: list[dict]) -> Deferred:
@@ -80,8 +80,8 @@ class _OrphanMerge:
             leadership first.
         """
         waits = []
-        for command in commands:
-            key = merge.key(command)
+        keys = [merge.key(c) for c in commands]
+        for command, key in zip(commands, keys):
             d = self._orphans_in_flight.get(key)
             if d is None:
                 d = Deferred()
@@ -91,7 +91,6 @@ class _OrphanMerge:
             done: Deferred = Deferred()
             d.addBoth(_fire_with_status, done)
             waits.append(done)
-        keys = [merge.key(c) for c in commands]
         all_done = Deferred()
 
         def check(statuses: list) -> None:
@@ -101,8 +100,7 @@ class _OrphanMerge:
                     [k for k, s in zip(keys, statuses) if s == WAITING],
                 ))
 
-        gather = _gather(waits)
-        gather.addCallback(check)
+        gatherResults(waits).addCallback(check)
         return all_done
 
     def _orphan_done(self, result: object, key: tuple) -> object:
@@ -114,7 +112,7 @@ class _OrphanMerge:
     def _on_Repropose(self, peer: int, message: Repropose) -> None:
         if self.role != LEADER or message.epoch != self.epoch:
             return
-        commands = DECODER.decode(message.commands.decode())
+        commands = decode_command(message.commands)
         self.log.info(
             "node {peer} hands in {count} commands cut by a healed partition",
             peer=peer,
@@ -123,9 +121,7 @@ class _OrphanMerge:
         self._commit_orphans(commands).addCallback(
             lambda result: self.network.send(
                 peer,
-                ReproposeReply(
-                    self.epoch, COMPACT.encode(result[0]).encode(), COMPACT.encode(result[1]).encode()
-                ),
+                ReproposeReply(self.epoch, encode_command(result[0]), encode_command(result[1])),
             )
         )
 
@@ -133,8 +129,8 @@ class _OrphanMerge:
         if peer != self.leader_id:
             return
         self._handed_in(
-            [tuple(k) for k in DECODER.decode(message.origins.decode())],
-            [tuple(k) for k in DECODER.decode(message.waiting.decode())],
+            [tuple(k) for k in decode_command(message.origins)],
+            [tuple(k) for k in decode_command(message.waiting)],
         )
 
     def _handed_in(self, done: list, waiting: list) -> None:
@@ -173,11 +169,3 @@ def _fire_with_status(result: object, done: Deferred) -> object:
     error = result.error
     done.callback(WAITING if error is not None and error.code in merge.WAITING_CODES else DONE)
     return result
-
-
-def _gather(deferreds: list[Deferred]) -> Deferred:
-    """
-    A Deferred firing with the list of results of C{deferreds}, which never
-    fail.
-    """
-    return gatherResults(deferreds) if deferreds else succeed([])

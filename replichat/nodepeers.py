@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from attrs import define
 
-from replichat.peermessages import CANDIDATE, FOLLOWER, LEADER, LEARNER, Election, Heartbeat
+from replichat.peermessages import CANDIDATE, FOLLOWER, LEADER, LEARNER, Heartbeat
 
 
 class NoNetwork:
@@ -91,10 +91,7 @@ class _FailureDetector:
         if self._joining is not None:
             self._send_join(peer)
         elif self.role == CANDIDATE:
-            rank = self._rank()
-            self.network.send(
-                peer, Election(self.epoch, rank.last_epoch, rank.last_index, self._ready())
-            )
+            self.network.send(peer, self._election_call())
 
     def peer_lost(self, peer: int) -> None:
         """

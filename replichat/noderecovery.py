@@ -49,10 +49,7 @@ class _Recovery:
         # collector would rescan them all repeatedly for nothing.
         gc.disable()
         try:
-            self.state = self._load_snapshot()
-            self._snapshot_index = self.state.applied_index
-            self.commit_index = self.state.applied_index
-            self._configs = self._scan_configs(self.commit_index + 1)
+            self._use_state(self._load_snapshot())
             replayed = 0
             if self.cluster.live == {self.node_id}:
                 replayed = self._apply_through(self.disk_log.last_index)
@@ -67,6 +64,16 @@ class _Recovery:
             seconds=time.monotonic() - started,
             last=self.disk_log.last_index,
         )
+
+    def _use_state(self, state: ChatState) -> None:
+        """
+        Start again from C{state}, as of its applied index: committed up to
+        there, the configurations after it read from the log.
+        """
+        self.state = state
+        self.commit_index = self._snapshot_index = state.applied_index
+        self._bytes_since_snapshot = 0
+        self._configs = self._scan_configs(state.applied_index + 1)
 
     def _load_snapshot(self) -> ChatState:
         disk_log = self.disk_log

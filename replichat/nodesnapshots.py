@@ -120,9 +120,7 @@ class _Snapshots:
 
     def _on_SnapshotReply(self, peer: int, message: SnapshotReply) -> None:
         progress = self._progress.get(peer)
-        if message.epoch > self.epoch:
-            self._step_down("node %d is in the newer epoch %d" % (peer, message.epoch))
-            return
+        self._note_epoch(message.epoch)
         if self.role != LEADER or progress is None or progress.snapshot is None:
             return
         progress.last_reply = self.clock.seconds()
@@ -172,6 +170,13 @@ class _Snapshots:
         except Exception as error:
             self.log.error("a received snapshot is unreadable: {error}", error=error)
             return False
+        if state.applied_index != snapshot.index:
+            self.log.error(
+                "a received snapshot {index} holds the state at {applied}",
+                index=snapshot.index,
+                applied=state.applied_index,
+            )
+            return False
         # Whatever this log holds past the entries every member has may be
         # a healed partition's divergent suffix: hand it in before it goes.
         start = max(self._stable, log.base_index) + 1
@@ -185,11 +190,8 @@ class _Snapshots:
             self._fail("installing a snapshot failed: %s" % (error,))
             return False
         self.log.info("installed snapshot {index} from the leader", index=snapshot.index)
-        self.state = state
-        self.commit_index = self._snapshot_index = snapshot.index
+        self._use_state(state)  # the log is empty after it: no configurations
         self._matched = snapshot.index
-        self._bytes_since_snapshot = 0
-        self._configs = []
         self._membership_changed()
         return True
 

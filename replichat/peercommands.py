@@ -146,10 +146,19 @@ def decode_entries(blob):
 class Entries(BigBytes):
     """
     A tuple of L{Entry}, packed by L{encode_entries}.
+
+    The leader sends one batch to every follower: the packing of the last
+    tuple is kept, so a batch is packed once, not once per follower.
     """
 
+    def __init__(self, optional=False):
+        super().__init__(optional)
+        self._last = ((), b"")
+
     def toString(self, value):
-        return encode_entries(value)
+        if self._last[0] is not value:
+            self._last = (value, encode_entries(value))
+        return self._last[1]
 
     def fromString(self, string):
         return decode_entries(string)

@@ -34,37 +34,20 @@ from replichat.peerauth import (  # noqa: F401 (_proof: tests forge proofs)
     DIALER_REFUSED_HOLD,
     HANDSHAKE_TIMEOUT,
     NONCE_BYTES,
-    AuthenticationFailed,
     _proof,
     key_is_default,
     load_key,
 )
-from replichat.peerconnection import MAX_BOX, MAX_BOX_BEFORE_AUTH, PeerProtocol
-from replichat.peerdial import (
-    CONNECT_TIMEOUT,
-    PROBE_ATTEMPTS,
-    PROBE_INTERVAL,
-    PROBE_TIMEOUT,
-    RETRY_INITIAL_DELAY,
-    RETRY_MAX_DELAY,
-)
+from replichat.peerconnection import MAX_BOX_BEFORE_AUTH, PeerProtocol
 from replichat.peernetwork import PeerNetwork
 
 __all__ = [
-    "CONNECT_TIMEOUT",
     "DEFAULT_KEY",
     "DIALER_REFUSED_HOLD",
     "HANDSHAKE_TIMEOUT",
-    "MAX_BOX",
     "MAX_BOX_BEFORE_AUTH",
     "NONCE_BYTES",
-    "PROBE_ATTEMPTS",
-    "PROBE_INTERVAL",
-    "PROBE_TIMEOUT",
-    "RETRY_INITIAL_DELAY",
-    "RETRY_MAX_DELAY",
     "AdminCallFailed",
-    "AuthenticationFailed",
     "PeerNetwork",
     "PeerProtocol",
     "admin_call",

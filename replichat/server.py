@@ -28,7 +28,7 @@ from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 
 from replichat import sdnotify
 from replichat.entries import Snapshot
-from replichat.fsutil import DataDirLock, DataDirLocked
+from replichat.fsutil import DataDirLock, DataDirLocked, make_directory
 from replichat.handler import ChatHandler
 from replichat.lineproto import ClientFactory
 from replichat.log import LogCorruption, SegmentedLog
@@ -156,7 +156,6 @@ class ChatServer(MultiService):
         self.reactor = reactor
         self.address = config.node(node_id)
         self.port = None
-        self.peer_port = None
         self.join = join
         key = load_key(config)
         if key_is_default(key) and len(config.nodes) > 1:
@@ -165,7 +164,7 @@ class ChatServer(MultiService):
                 "well-known key, so anyone who can reach a peer port can "
                 "act as a server; set secret_file in production"
             )
-        os.makedirs(data_dir, exist_ok=True)
+        make_directory(data_dir)
         # Two processes on one data directory would both append to the log.
         self.lock = DataDirLock(data_dir)
         self.lock.acquire()

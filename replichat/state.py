@@ -224,8 +224,7 @@ class ChatState:
         self.applied_index = index
         if self.aliases:
             command = resolved(self.aliases, command)
-        origin = command.get("origin")
-        new_id = origin_id(*origin) if origin is not None else origin_id(epoch, index)
+        new_id = origin_id(*merge.origin_of(command, epoch, index))
         rid = command.get("rid")
         if rid is not None and not failpoints.on(failpoints.FORGET_RID_DEDUPE):
             remembered = self.rids.get(rid)
@@ -444,12 +443,6 @@ class ChatState:
         """
         uid = self.sessions.get(token_hash)
         return None if uid is None else self.accounts[uid]
-
-    def remembered(self, rid: str) -> bool:
-        """
-        Whether a request id has been applied (and is still remembered).
-        """
-        return rid in self.rids
 
     def recall(self, rid: str, fingerprint: str) -> Outcome | None:
         """
