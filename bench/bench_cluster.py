@@ -57,7 +57,7 @@ is stopped by its PID, also on errors and on SIGINT/SIGTERM.
 from __future__ import annotations
 
 import argparse
-import gc
+import functools
 import json
 import multiprocessing
 import os
@@ -77,8 +77,7 @@ from array import array
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_single as single  # noqa: E402  (the client-side load code)
-from bench_single import (  # noqa: E402
+from benchload import (  # noqa: E402  (bench/benchload.py: what bench_single.py shares)
     PASSWORD,
     PYTHON,
     ROOT,
@@ -86,19 +85,23 @@ from bench_single import (  # noqa: E402
     SINK,
     TEXT,
     TWISTD,
-    VENV_BIN,
     BlockingClient,
-    busiest_others,
+    TwistdProcess,
+    cprofile_command,
+    drive_load,
+    finish_py_spy,
+    latency_figures,
     log,
     machine,
     percentile,
-    process_cpu,
+    start_py_spy,
+    stat_row,
     summary,
-    system_cpu,
+    wait_idle,
+    write_table,
 )
 
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 #: Server log lines worth reporting (node.py, peerproto.py).
 TROUBLE = re.compile(
@@ -135,18 +138,12 @@ def port_free_on_all(hosts, low: int = 20000, high: int = 32000) -> int:
     raise RuntimeError("no free port on %s" % (hosts,))
 
 
-def connect(host: str, port: int, timeout: float = 10.0) -> BlockingClient:
-    sock = socket.create_connection((host, port), timeout=timeout)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return BlockingClient(sock)
-
-
 def query(host: str, port: int, op: str, timeout: float = 2.0) -> dict | None:
     """
     One C{op} on a new connection; L{None} if the server does not answer.
     """
     try:
-        client = connect(host, port, timeout)
+        client = BlockingClient.connect(port, timeout, host=host)
     except OSError:
         return None
     try:
@@ -158,10 +155,14 @@ def query(host: str, port: int, op: str, timeout: float = 2.0) -> dict | None:
     return answer.get("result") if answer.get("ok") else None
 
 
-class NodeServer:
+class NodeServer(TwistdProcess):
     """
     One C{twistd -n replichat --node N} process, stopped by its PID.
     """
+
+    QUIET_S = 60.0
+    TERM_S = 15.0
+    KILL_S = 30.0
 
     def __init__(self, cluster: "Cluster", node_id: int, prefix=None) -> None:
         self.cluster = cluster
@@ -170,25 +171,13 @@ class NodeServer:
         self.port = cluster.client_port
         self.log_path = os.path.join(cluster.logdir, "node-%d.log" % (node_id,))
         self.command = prefix(node_id) if prefix else [PYTHON, TWISTD]
-        self.process: subprocess.Popen | None = None
-        self.spawned_at = 0.0
 
     @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+    def name(self) -> str:
+        return "node %d (pid %d)" % (self.node_id, self.pid)
 
     def spawn(self) -> None:
-        env = dict(os.environ, PYTHONPATH=ROOT)
-        with open(self.log_path, "ab") as out:
-            self.spawned_at = time.monotonic()
-            self.process = subprocess.Popen(
-                self.command + ["-n", "--pidfile=", "replichat", "--config",
-                                self.cluster.config_path, "--node", str(self.node_id)],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.cluster.workdir,
-            )
+        self.spawn_twistd(self.cluster.config_path, self.node_id, self.cluster.workdir, ROOT)
         ALL_SERVERS.append(self)
 
     def hello(self, timeout: float = 1.0) -> dict | None:
@@ -196,17 +185,6 @@ class NodeServer:
 
     def cluster_view(self, timeout: float = 1.0) -> dict | None:
         return query(self.host, self.port, "cluster", timeout)
-
-    def wait_serving(self, timeout: float = 60.0) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("node %d exited with %s:\n%s" % (
-                    self.node_id, self.process.returncode, self.output()[-3000:]))
-            if self.hello() is not None:
-                return time.monotonic() - self.spawned_at
-            time.sleep(0.005)
-        raise RuntimeError("node %d did not answer hello within %ss" % (self.node_id, timeout))
 
     def kill(self) -> int:
         """
@@ -218,47 +196,6 @@ class NodeServer:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=30)
         return at
-
-    def children(self) -> list[int]:
-        try:
-            with open("/proc/%d/task/%d/children" % (self.pid, self.pid)) as f:
-                return [int(p) for p in f.read().split()]
-        except OSError:
-            return []
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """
-        SIGTERM (after any snapshot child is done, bounded), SIGKILL if it
-        does not exit in time.
-        """
-        if not self.running():
-            return
-        deadline = time.monotonic() + 60
-        while self.children() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log("node %d (pid %d) ignored SIGTERM; killing it" % (self.node_id, self.pid))
-            self.process.kill()
-            self.process.wait(timeout=30)
-
-    def cpu_seconds(self) -> tuple[float, float]:
-        try:
-            with open("/proc/%d/stat" % (self.pid,)) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return float("nan"), float("nan")
-        return ((int(fields[11]) + int(fields[13])) / CLK_TCK,
-                (int(fields[12]) + int(fields[14])) / CLK_TCK)
-
-    def output(self) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
 
     def log_size(self) -> int:
         try:
@@ -283,7 +220,6 @@ class Cluster:
     """
 
     def __init__(self, args, root: str, label: str, prefix=None) -> None:
-        self.args = args
         self.workdir = os.path.join(root, label)
         os.makedirs(self.workdir)
         self.logdir = os.path.join(self.workdir, "logs")
@@ -309,9 +245,6 @@ class Cluster:
             f.write("secret_file: %s\n" % (json.dumps(secret),))
         self.servers = [NodeServer(self, i, prefix) for i in range(1, len(HOSTS) + 1)]
         self.watcher: EpochWatcher | None = None
-
-    def server(self, node_id: int) -> NodeServer:
-        return self.servers[node_id - 1]
 
     def start(self, timeout: float = 60.0) -> "NodeServer":
         for server in self.servers:
@@ -463,7 +396,7 @@ def setup_accounts(leader: NodeServer, timeout: float = 30.0) -> str:
     C{unavailable}); return a session token of the sender.
     """
     deadline = time.monotonic() + timeout
-    client = connect(leader.host, leader.port)
+    client = BlockingClient.connect(leader.port, 10.0, host=leader.host)
     try:
         for op, args in (("create_account", {"username": SENDER, "password": PASSWORD,
                                              "rid": "setup-1"}),
@@ -485,37 +418,6 @@ def setup_accounts(leader: NodeServer, timeout: float = 30.0) -> str:
 # -- load (client processes) -----------------------------------------------------
 
 
-def _load_worker(pipe, host: str, port: int, token: str, nconns: int, depth: int, tag: str,
-                 total: int | None) -> None:
-    """
-    bench_single's worker with a host: C{nconns} connections to
-    C{host:port}, each with C{depth} requests in flight, driven by
-    bench_single's C{_run_blocking}/C{_run_selector}.
-    """
-    try:
-        socks = []
-        for _ in range(nconns):
-            client = connect(host, port, timeout=30)
-            client.ok("resume", token=token)
-            socks.append(client.sock)
-        pipe.send("ready")
-        go, m_start, m_end, hard_end = pipe.recv()
-        gc.freeze()
-        gc.disable()
-        if nconns == 1 and depth == 1 and total is None:
-            result = single._run_blocking(socks[0], tag, True, go, m_start, m_end, hard_end)
-        else:
-            result = single._run_selector(socks, depth, tag, True, go, m_start, m_end,
-                                          hard_end, total)
-        for sock in socks:
-            sock.close()
-        pipe.send(result)
-    except BaseException as error:
-        pipe.send({"error": "%s: %s" % (type(error).__name__, error)})
-    finally:
-        pipe.close()
-
-
 def run_load(cluster: Cluster, leader: NodeServer, token: str, inflight: int, procs: int,
              depth: int, warmup: float, seconds: float, tag: str, total: int | None = None,
              tolerate: bool = False) -> dict:
@@ -524,105 +426,31 @@ def run_load(cluster: Cluster, leader: NodeServer, token: str, inflight: int, pr
     depth} connections of C{depth}) from C{procs} processes; figures for
     the window [go + warmup, go + warmup + seconds].
     """
-    ctx = multiprocessing.get_context("fork")
-    conns = max(1, inflight // depth)
-    procs = max(1, min(procs, conns))
-    shares = [conns // procs + (1 if k < conns % procs else 0) for k in range(procs)]
-    totals = [None] * procs
-    if total is not None:
-        totals = [total // procs + (1 if k < total % procs else 0) for k in range(procs)]
-    workers = []
-    results = []
-    failures = []
-    try:
-        for k, share in enumerate(shares):
-            parent, child = ctx.Pipe()
-            process = ctx.Process(
-                target=_load_worker,
-                args=(child, leader.host, leader.port, token, share, depth,
-                      "%s%d-%d" % (tag, k, time.time_ns()), totals[k]),
-                daemon=True,
-            )
-            process.start()
-            child.close()
-            workers.append((process, parent))
-        for process, pipe in workers:
-            if not pipe.poll(120):
-                raise RuntimeError("a client process did not get ready")
-            message = pipe.recv()
-            if message != "ready":
-                raise RuntimeError("client process failed: %r" % (message,))
-        go = time.monotonic_ns() + 100_000_000
-        m_start = go + int(warmup * 1e9)
-        m_end = m_start + int(seconds * 1e9)
-        hard_end = m_end + (int(1800 * 1e9) if total is not None else int(10e9))
-        for _, pipe in workers:
-            pipe.send((go, m_start, m_end, hard_end))
-        single._sleep_until(m_start)
-        cpu0 = [s.cpu_seconds() for s in cluster.servers]
-        system0, procs0 = system_cpu(), process_cpu()
-        t0 = time.monotonic()
-        single._sleep_until(m_end)
-        cpu1 = [s.cpu_seconds() for s in cluster.servers]
-        system1, procs1 = system_cpu(), process_cpu()
-        t1 = time.monotonic()
-        client_cpu_proc = [
-            procs1.get(p.pid, ("", 0.0))[1] - procs0.get(p.pid, ("", 0.0))[1] for p, _ in workers
-        ]
-        wait_limit = (hard_end - time.monotonic_ns()) / 1e9 + 30
-        for process, pipe in workers:
-            if not pipe.poll(max(wait_limit, 30)):
-                raise RuntimeError("a client process did not report")
-            result = pipe.recv()
-            if "error" in result:
-                if not tolerate:
-                    raise RuntimeError("client process failed: %s" % (result["error"],))
-                failures.append(result["error"])
-                continue
-            results.append(result)
-    finally:
-        for process, pipe in workers:
-            process.join(10)
-            if process.is_alive():
-                os.kill(process.pid, signal.SIGKILL)
-                process.join(10)
-            pipe.close()
-    window = seconds or 1e-9
-    latencies = array("q")
-    for result in results:
-        latencies.frombytes(result["latencies"])
-    ordered = sorted(latencies)
-    completed = sum(r["completed"] for r in results)
-    elapsed = (t1 - t0) or 1e-9
+    load = drive_load(leader.host, leader.port, token, max(1, inflight // depth), procs, depth,
+                      warmup, seconds, tag, lambda: [s.cpu_seconds() for s in cluster.servers],
+                      total=total, fill_limit=1800, tolerate=tolerate, stamp_tags=True)
+    results = load.results
     server_cpu = {}
-    for server, a, b in zip(cluster.servers, cpu0, cpu1):
-        server_cpu[server.node_id] = ((b[0] - a[0]) + (b[1] - a[1])) / elapsed
+    for server, a, b in zip(cluster.servers, load.sample0, load.sample1):
+        server_cpu[server.node_id] = ((b[0] - a[0]) + (b[1] - a[1])) / load.elapsed
     leader_cpu = server_cpu[leader.node_id]
     followers_cpu = [v for k, v in server_cpu.items() if k != leader.node_id]
-    busy = (system1["busy"] - system0["busy"]) / elapsed
-    steal = (system1["steal"] - system0["steal"]) / elapsed
-    mine = {os.getpid()} | {s.pid for s in cluster.servers if s.process} | {p.pid for p, _ in workers}
-    rate = completed / window
-    return {
-        "sends_per_s": rate,
-        "completed": completed,
-        "errors": sum(r["errors"] for r in results),
-        "p50_ms": percentile(ordered, 50) / 1e6,
-        "p99_ms": percentile(ordered, 99) / 1e6,
-        "p999_ms": percentile(ordered, 99.9) / 1e6,
-        "max_ms": (ordered[-1] / 1e6) if ordered else float("nan"),
-        "client_cpu": sum(client_cpu_proc) / elapsed,
+    result = latency_figures(results, seconds or 1e-9)
+    rate = result["sends_per_s"]
+    result.update({
+        "client_cpu": load.client_cpu,
         "leader_cpu": leader_cpu,
         "follower_cpu_max": max(followers_cpu) if followers_cpu else float("nan"),
         "servers_cpu": sum(server_cpu.values()),
         "leader_us_per_send": leader_cpu * 1e6 / rate if rate else float("nan"),
-        "other_cpu": max(0.0, busy - sum(server_cpu.values()) - sum(client_cpu_proc) / elapsed),
-        "steal_cpu": steal,
-        "busiest_others": busiest_others(procs0, procs1, mine, elapsed),
+        "other_cpu": max(0.0, load.busy - sum(server_cpu.values()) - load.client_cpu),
+        "steal_cpu": load.steal,
+        "busiest_others": load.busiest_others({s.pid for s in cluster.servers if s.process}),
         "unanswered": sum(r.get("unanswered", 0) for r in results),
         "sent": sum(r.get("sent", r["completed"]) for r in results),
-        "client_failures": failures,
-    }
+        "client_failures": load.failures,
+    })
+    return result
 
 
 # -- failover client ---------------------------------------------------------------
@@ -635,7 +463,7 @@ class _Refused(Exception):
 
 
 def _open_session(host: str, port: int, token: str, timeout: float) -> BlockingClient:
-    client = connect(host, port, timeout)
+    client = BlockingClient.connect(port, timeout, host=host)
     try:
         answer = client.call("resume", token=token)
     except BaseException:
@@ -741,41 +569,7 @@ def _failover_worker(pipe, hosts, port: int, token: str, tag: str, first: int,
 def cprofile_prefix(args, label: str):
     if not args.cprofile:
         return None
-    os.makedirs(args.cprofile, exist_ok=True)
-
-    def prefix(node_id: int):
-        path = os.path.join(os.path.abspath(args.cprofile),
-                            "%s-node%d-%d.prof" % (label, node_id, time.time_ns()))
-        return [PYTHON, os.path.join(ROOT, "bench", "cprofile_twistd.py"), path]
-    return prefix
-
-
-def start_py_spy(args, leader: NodeServer, label: str, duration: float):
-    if not args.py_spy:
-        return None
-    os.makedirs(args.py_spy, exist_ok=True)
-    path = os.path.join(os.path.abspath(args.py_spy), "%s-node%d-%d.txt"
-                        % (label, leader.node_id, time.time_ns()))
-    return subprocess.Popen(
-        [os.path.join(VENV_BIN, "py-spy"), "record", "--pid", str(leader.pid),
-         "--duration", str(int(duration)), "--rate", "250", "--format", "raw",
-         "--output", path, "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-
-
-def finish_py_spy(spy) -> None:
-    if spy is None:
-        return
-    try:
-        spy.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        spy.send_signal(signal.SIGINT)
-        try:
-            spy.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            spy.wait(timeout=10)
+    return lambda node_id: cprofile_command(args.cprofile, "%s-node%d" % (label, node_id))
 
 
 class Session:
@@ -818,10 +612,11 @@ class Session:
 
 
 def measure_throughput(args, root: str, inflight: int, label: str, run: int) -> dict:
-    idle = single.wait_idle(args)
+    idle = wait_idle(args.settle)
     with Session(args, root, "%s-run%d" % (label, run), profile=True) as s:
         depth = 1 if inflight == 1 else args.pipeline
-        spy = start_py_spy(args, s.leader, label, args.warmup + args.seconds)
+        spy = start_py_spy(args.py_spy, s.leader.pid, "%s-node%d" % (label, s.leader.node_id),
+                           args.warmup + args.seconds)
         try:
             result = run_load(s.cluster, s.leader, s.token, inflight, args.procs, depth,
                               args.warmup, args.seconds, label)
@@ -835,7 +630,7 @@ def measure_throughput(args, root: str, inflight: int, label: str, run: int) -> 
 
 
 def measure_failover(args, root: str) -> dict:
-    single.wait_idle(args)
+    wait_idle(args.settle)
     with Session(args, root, "failover") as s:
         cluster, token = s.cluster, s.token
         ctx = multiprocessing.get_context("fork")
@@ -962,7 +757,7 @@ def measure_failover(args, root: str) -> dict:
 
 
 def measure_catchup(args, root: str) -> dict:
-    single.wait_idle(args)
+    wait_idle(args.settle)
     with Session(args, root, "catchup") as s:
         cluster, leader = s.cluster, s.leader
         follower = next(x for x in cluster.servers if x is not leader)
@@ -1005,7 +800,7 @@ def measure_catchup(args, root: str) -> dict:
                                        % (follower.node_id, follower.output()[-3000:]))
                 if client is None:
                     try:
-                        client = connect(follower.host, follower.port, timeout=2)
+                        client = BlockingClient.connect(follower.port, 2, host=follower.host)
                     except OSError:
                         time.sleep(0.005)
                         continue
@@ -1064,7 +859,7 @@ def measure_catchup(args, root: str) -> dict:
 
 
 def measure_soak(args, root: str) -> dict:
-    single.wait_idle(args)
+    wait_idle(args.settle)
     with Session(args, root, "soak") as s:
         since = time.monotonic()
         log("soak: %d connections in flight for %.0f s" % (args.soak_clients, args.soak))
@@ -1239,12 +1034,7 @@ def print_table(report: dict, args) -> None:
     out.write("runs=%d (%.0f s windows after %.0f s warm-up, a fresh cluster each); "
               "data and logs under %s\n\n" % (args.runs, args.seconds, args.warmup, report["root"]))
     rows = []
-
-    def row(name, stats, unit, scale=1.0, fmt="%.0f"):
-        if not stats or stats.get("median") is None:
-            return
-        rows.append((name, fmt % (stats["median"] * scale),
-                     (fmt + " - " + fmt) % (stats["min"] * scale, stats["max"] * scale), unit))
+    row = functools.partial(stat_row, rows)
 
     r = report["results"]
     for label in [k for k in r if k == "sequential" or k.startswith("inflight-")]:
@@ -1292,14 +1082,7 @@ def print_table(report: dict, args) -> None:
         rows.append(("soak: errors / unanswered", "%d / %d" % (s["errors"], s["unanswered"]), "", ""))
         rows.append(("soak: spurious elections (epoch changes)",
                      "%d (%d polls)" % (s["spurious_elections"], s["polls"]), "", ""))
-    width = max(len(name) for name, *_ in rows) if rows else 10
-    out.write("%-*s  %12s  %21s  %s\n" % (width, "measurement", "median", "min - max", "unit"))
-    out.write("-" * (width + 48) + "\n")
-    for name, median, spread, unit in rows:
-        if unit == "" and spread == "":
-            out.write("%-*s  %s\n" % (width, name, median))
-        else:
-            out.write("%-*s  %12s  %21s  %s\n" % (width, name, median, spread, unit))
+    write_table(out, rows)
     trouble = []
     for label, value in r.items():
         items = value.get("trouble") if isinstance(value, dict) else None

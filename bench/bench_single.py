@@ -40,43 +40,46 @@ server with py-spy (C{pip install py-spy} into the virtualenv first).
 from __future__ import annotations
 
 import argparse
-import gc
+import functools
 import json
-import multiprocessing
 import os
 import platform
 import re
-import resource
-import selectors
 import shutil
-import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from array import array
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VENV_BIN = os.path.join(ROOT, ".venv", "bin")
-PYTHON = os.path.join(VENV_BIN, "python") if os.path.exists(os.path.join(VENV_BIN, "python")) else sys.executable
-TWISTD = os.path.join(VENV_BIN, "twistd")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-TEXT = ("replichat benchmark message, exactly one hundred bytes of text: "
-        "0123456789abcdefghijklmnopqrstuvwxyz")[:100]
-assert len(TEXT.encode()) == 100
+from benchload import (  # noqa: E402  (bench/benchload.py: what bench_cluster.py shares)
+    PYTHON,
+    ROOT,
+    TEXT,
+    TWISTD,
+    SENDER,
+    SINK,
+    PASSWORD,
+    BlockingClient,
+    TwistdProcess,
+    cprofile_command,
+    drive_load,
+    finish_py_spy,
+    latency_figures,
+    log,
+    machine,
+    start_py_spy,
+    stat_row,
+    summary,
+    wait_idle,
+    write_table,
+)
 
-SENDER, SINK, PASSWORD = "bench_sender", "bench_sink", "bench password"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: The source tree the server runs from (PYTHONPATH); see --rev and --source.
 SOURCE = ROOT
 RECOVERED = re.compile(r"recovered (\d+) log entries after snapshot (\d+) in ([\d.]+)s")
-
-
-def log(message: str) -> None:
-    sys.stderr.write("[bench] %s\n" % (message,))
-    sys.stderr.flush()
 
 
 def free_port() -> int:
@@ -88,7 +91,7 @@ def free_port() -> int:
 # -- the server under test ------------------------------------------------------
 
 
-class Server:
+class Server(TwistdProcess):
     """
     One C{twistd -n replichat} process on 127.0.0.1, stopped by its PID.
 
@@ -112,22 +115,9 @@ class Server:
                 % (self.port, free_port(), json.dumps(data_dir), snapshot_every)
             )
         self.command = prefix or [PYTHON, TWISTD]
-        self.process: subprocess.Popen | None = None
-        self.spawned_at = 0.0
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
 
     def spawn(self) -> None:
-        env = dict(os.environ, PYTHONPATH=SOURCE)
-        with open(self.log_path, "ab") as out:
-            self.spawned_at = time.monotonic()
-            self.process = subprocess.Popen(
-                self.command + ["-n", "--pidfile=", "replichat",
-                               "--config", self.config_path, "--node", "1"],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
-            )
+        self.spawn_twistd(self.config_path, 1, self.workdir, SOURCE)
 
     def wait_serving(self, timeout: float = 120.0) -> float:
         """
@@ -140,14 +130,14 @@ class Server:
                 raise RuntimeError("server exited with %s:\n%s"
                                    % (self.process.returncode, self.output()[-3000:]))
             try:
-                sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+                client = BlockingClient.connect(self.port, timeout=5)
             except OSError:
                 time.sleep(0.002)
                 continue
             try:
-                answer = BlockingClient(sock).call("hello")
+                answer = client.call("hello")
             finally:
-                sock.close()
+                client.close()
             if answer.get("ok"):
                 return time.monotonic() - self.spawned_at
             time.sleep(0.002)
@@ -156,49 +146,6 @@ class Server:
     def start(self) -> float:
         self.spawn()
         return self.wait_serving()
-
-    def children(self) -> list[int]:
-        try:
-            with open("/proc/%d/task/%d/children" % (self.pid, self.pid)) as f:
-                return [int(p) for p in f.read().split()]
-        except OSError:
-            return []
-
-    def wait_quiet(self, timeout: float = 300.0) -> None:
-        """
-        Wait (bounded) until no snapshot child is running, so that a stop
-        never leaves one writing into the data directory.
-        """
-        deadline = time.monotonic() + timeout
-        while self.children() and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def stop(self, timeout: float = 60.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.wait_quiet()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log("server %d ignored SIGTERM; killing it" % (self.pid,))
-            self.process.kill()
-            self.process.wait(timeout=timeout)
-
-    def cpu_seconds(self) -> tuple[float, float]:
-        """
-        User and system CPU seconds of the server and its reaped children
-        (snapshot writers) so far.
-        """
-        try:
-            with open("/proc/%d/stat" % (self.pid,)) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return float("nan"), float("nan")
-        # fields[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17
-        user = (int(fields[11]) + int(fields[13])) / CLK_TCK
-        system = (int(fields[12]) + int(fields[14])) / CLK_TCK
-        return user, system
 
     def memory(self) -> dict:
         result = {}
@@ -211,99 +158,6 @@ class Server:
         except OSError:
             pass
         return result
-
-    def output(self) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
-
-
-def system_cpu() -> dict:
-    """
-    Machine-wide CPU seconds since boot (all cores): C{busy} (user, nice,
-    system, irq, softirq) and C{steal} (taken by the hypervisor).
-    """
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    return {"busy": (values[0] + values[1] + values[2] + values[5] + values[6]) / CLK_TCK,
-            "steal": values[7] / CLK_TCK}
-
-
-def process_cpu() -> dict:
-    """
-    CPU seconds of every process now: pid -> (name, seconds).
-    """
-    result = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % (name,)) as f:
-                text = f.read()
-        except OSError:
-            continue
-        comm = text[text.index("(") + 1:text.rindex(")")]
-        fields = text.rsplit(")", 1)[1].split()
-        result[int(name)] = (comm, (int(fields[11]) + int(fields[12])) / CLK_TCK)
-    return result
-
-
-def busiest_others(before: dict, after: dict, exclude: set, elapsed: float, top: int = 3) -> list:
-    """
-    The processes other than C{exclude} that used the most CPU between two
-    L{process_cpu} samples, as C{"name(pid) NN%"}.
-    """
-    used = []
-    for pid, (comm, seconds) in after.items():
-        if pid in exclude:
-            continue
-        delta = seconds - before.get(pid, (comm, 0.0))[1]
-        if delta > 0:
-            used.append((delta / elapsed, "%s(%d)" % (comm, pid)))
-    used.sort(reverse=True)
-    return ["%s %.0f%%" % (name, 100 * share) for share, name in used[:top]]
-
-
-class BlockingClient:
-    """
-    A blocking JSON-lines client for setup and probes.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = b""
-        self.next_id = 0
-
-    @classmethod
-    def connect(cls, port: int, timeout: float = 30.0) -> "BlockingClient":
-        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return cls(sock)
-
-    def call(self, op: str, **args) -> dict:
-        self.next_id += 1
-        self.sock.sendall(json.dumps({"id": self.next_id, "op": op, **args}).encode() + b"\n")
-        while True:
-            while b"\n" not in self.buffer:
-                data = self.sock.recv(65536)
-                if not data:
-                    raise ConnectionError("server closed the connection")
-                self.buffer += data
-            line, self.buffer = self.buffer.split(b"\n", 1)
-            answer = json.loads(line)
-            if answer.get("id") == self.next_id:
-                return answer
-
-    def ok(self, op: str, **args) -> dict:
-        answer = self.call(op, **args)
-        if not answer.get("ok"):
-            raise RuntimeError("%s failed: %r" % (op, answer))
-        return answer["result"]
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def setup_accounts(port: int) -> str:
@@ -320,211 +174,7 @@ def setup_accounts(port: int) -> str:
         client.close()
 
 
-# -- the load generator (runs in worker processes) -------------------------------
-
-
-def _load_worker(pipe, port: int, token: str, nconns: int, depth: int, tag: str,
-                 use_rid: bool, total: int | None) -> None:
-    """
-    One client process: C{nconns} connections, each keeping C{depth}
-    requests in flight.  Talks to the parent over C{pipe}: sends
-    C{"ready"}, receives C{(go, measure_start, measure_end, hard_end)} in
-    C{time.monotonic_ns()} units, sends back its results.
-    """
-    try:
-        socks = []
-        for _ in range(nconns):
-            client = BlockingClient.connect(port)
-            client.ok("resume", token=token)
-            socks.append(client.sock)
-        pipe.send("ready")
-        go, m_start, m_end, hard_end = pipe.recv()
-        # The loop makes no reference cycles: keep the collector out of the
-        # client's CPU figures.
-        gc.freeze()
-        gc.disable()
-        if nconns == 1 and depth == 1 and total is None:
-            result = _run_blocking(socks[0], tag, use_rid, go, m_start, m_end, hard_end)
-        else:
-            result = _run_selector(socks, depth, tag, use_rid, go, m_start, m_end, hard_end, total)
-        for sock in socks:
-            sock.close()
-        pipe.send(result)
-    except BaseException as error:  # report instead of hanging the parent
-        pipe.send({"error": "%s: %s" % (type(error).__name__, error)})
-    finally:
-        pipe.close()
-
-
-def _templates(tag: str, use_rid: bool) -> bytes:
-    text = json.dumps(TEXT)
-    if use_rid:
-        return ('{"id":%%d,"op":"send","to":"%s","text":%s,"rid":"%s-%%d"}\n'
-                % (SINK, text, tag)).encode()
-    return ('{"id":%%d,"op":"send","to":"%s","text":%s}\n' % (SINK, text)).encode()
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _sleep_until(deadline_ns: int) -> None:
-    delay = (deadline_ns - time.monotonic_ns()) / 1e9
-    if delay > 0:
-        time.sleep(delay)
-
-
-def _run_blocking(sock, tag, use_rid, go, m_start, m_end, hard_end) -> dict:
-    """
-    One request at a time on a blocking socket: the least client overhead
-    between an answer and the next request.
-    """
-    template = _templates(tag, use_rid)
-    two = use_rid
-    latencies = array("q")
-    errors = completed = max_message = 0
-    cpu_start = cpu_end = None
-    buffer = b""
-    recv, sendall, now_ns, loads = sock.recv, sock.sendall, time.monotonic_ns, json.loads
-    _sleep_until(go)
-    n = 0
-    while True:
-        sent = now_ns()
-        if sent >= m_end or sent >= hard_end:
-            break
-        if cpu_start is None and sent >= m_start:
-            cpu_start = _cpu()
-        n += 1
-        sendall(template % ((n, n) if two else n))
-        while True:
-            end = buffer.find(b"\n")
-            if end >= 0:
-                line, buffer = buffer[:end], buffer[end + 1:]
-                if not line.startswith(b'{"event"'):
-                    break
-                continue
-            data = recv(65536)
-            if not data:
-                raise ConnectionError("server closed the connection")
-            buffer += data
-        done = now_ns()
-        answer = loads(line)
-        if not answer.get("ok"):
-            errors += 1
-        else:
-            max_message = max(max_message, answer["result"]["message"]["id"])
-        if m_start <= sent and done <= m_end:
-            latencies.append(done - sent)
-        if m_start <= done < m_end:
-            completed += 1
-    cpu_end = _cpu()
-    return {"completed": completed, "errors": errors, "latencies": latencies.tobytes(),
-            "cpu": cpu_end - (cpu_start if cpu_start is not None else cpu_end),
-            "max_message": max_message}
-
-
-def _run_selector(socks, depth, tag, use_rid, go, m_start, m_end, hard_end, total) -> dict:
-    """
-    Many non-blocking connections on one epoll loop.  Each answer is parsed
-    (C{json.loads}) and at once replaced by the next request on its
-    connection, until C{m_end} (or until C{total} requests were sent).
-    """
-    template = _templates(tag, use_rid)
-    two = use_rid
-    latencies = array("q")
-    errors = completed = max_message = 0
-    sel = selectors.EpollSelector() if hasattr(selectors, "EpollSelector") else selectors.DefaultSelector()
-    buffers = [b""] * len(socks)
-    sent_at: dict[int, int] = {}
-    now_ns, loads = time.monotonic_ns, json.loads
-    next_id = 0
-    sent_total = 0
-    stop_sending = False
-    cpu_start = cpu_end = None
-    last_progress = time.monotonic()
-
-    def send(i: int, count: int) -> None:
-        nonlocal next_id, sent_total
-        if total is not None:
-            count = min(count, total - sent_total)
-        if count <= 0:
-            return
-        parts = []
-        stamp = now_ns()
-        for _ in range(count):
-            next_id += 1
-            sent_at[next_id] = stamp
-            parts.append(template % ((next_id, next_id) if two else next_id))
-        sent_total += count
-        data = b"".join(parts)
-        sock = socks[i]
-        try:
-            done = sock.send(data)
-        except BlockingIOError:
-            done = 0
-        if done < len(data):  # rare: fall back to a blocking write of the rest
-            sock.setblocking(True)
-            sock.sendall(data[done:])
-            sock.setblocking(False)
-
-    for i, sock in enumerate(socks):
-        sock.setblocking(False)
-        sel.register(sock, selectors.EVENT_READ, i)
-    _sleep_until(go)
-    for i in range(len(socks)):
-        send(i, depth)
-    while sent_at:
-        now = now_ns()
-        if cpu_start is None and now >= m_start:
-            cpu_start = _cpu()
-        if now >= m_end and not stop_sending and total is None:
-            stop_sending = True
-            cpu_end = _cpu()
-        if now >= hard_end:
-            break
-        if total is not None and time.monotonic() - last_progress >= 10:
-            last_progress = time.monotonic()
-            log("fill: %d of %d sent (%d acknowledged in this process)"
-                % (sent_total, total, sent_total - len(sent_at)))
-        for key, _ in sel.select(0.05):
-            i = key.data
-            try:
-                data = socks[i].recv(262144)
-            except BlockingIOError:
-                continue
-            if not data:
-                raise ConnectionError("server closed connection %d" % (i,))
-            lines = (buffers[i] + data).split(b"\n")
-            buffers[i] = lines.pop()
-            done = now_ns()
-            answered = 0
-            for line in lines:
-                if line.startswith(b'{"event"'):
-                    continue
-                answer = loads(line)
-                sent = sent_at.pop(answer["id"], None)
-                if sent is None:
-                    continue
-                answered += 1
-                if not answer.get("ok"):
-                    errors += 1
-                else:
-                    message = answer["result"]["message"]["id"]
-                    if message > max_message:
-                        max_message = message
-                if m_start <= sent and done <= m_end:
-                    latencies.append(done - sent)
-                if m_start <= done < m_end:
-                    completed += 1
-            if answered and not stop_sending:
-                send(i, answered)
-    if cpu_end is None:
-        cpu_end = _cpu()
-    sel.close()
-    return {"completed": completed, "errors": errors, "latencies": latencies.tobytes(),
-            "cpu": cpu_end - (cpu_start if cpu_start is not None else cpu_end),
-            "max_message": max_message, "unanswered": len(sent_at), "sent": sent_total}
+# -- load ------------------------------------------------------------------------
 
 
 def run_load(server: Server, token: str, clients: int, procs: int, depth: int,
@@ -535,115 +185,42 @@ def run_load(server: Server, token: str, clients: int, procs: int, depth: int,
     connections; return throughput, latency and CPU figures for the window
     [go + warmup, go + warmup + seconds].
     """
-    ctx = multiprocessing.get_context("fork")
-    procs = max(1, min(procs, clients))
-    shares = [clients // procs + (1 if k < clients % procs else 0) for k in range(procs)]
-    totals = [None] * procs
-    if total is not None:
-        totals = [total // procs + (1 if k < total % procs else 0) for k in range(procs)]
-    workers = []
-    try:
-        for k, share in enumerate(shares):
-            parent, child = ctx.Pipe()
-            process = ctx.Process(
-                target=_load_worker,
-                args=(child, server.port, token, share, depth, "%s%d" % (tag, k), use_rid, totals[k]),
-                daemon=True,
-            )
-            process.start()
-            child.close()
-            workers.append((process, parent))
-        for process, pipe in workers:
-            if not pipe.poll(120):
-                raise RuntimeError("a client process did not get ready")
-            message = pipe.recv()
-            if message != "ready":
-                raise RuntimeError("client process failed: %r" % (message,))
-        go = time.monotonic_ns() + 100_000_000
-        m_start = go + int(warmup * 1e9)
-        m_end = m_start + int(seconds * 1e9)
-        hard_end = m_end + (int(3600 * 1e9) if total is not None else int(10e9))
-        for _, pipe in workers:
-            pipe.send((go, m_start, m_end, hard_end))
-        _sleep_until(m_start)
-        server_cpu0, system0, procs0 = server.cpu_seconds(), system_cpu(), process_cpu()
-        t0 = time.monotonic()
-        _sleep_until(m_end)
-        server_cpu1, system1, procs1 = server.cpu_seconds(), system_cpu(), process_cpu()
-        t1 = time.monotonic()
-        client_cpu_proc = [
-            (procs1.get(process.pid, ("", 0.0))[1] - procs0.get(process.pid, ("", 0.0))[1])
-            for process, _ in workers
-        ]
-        results = []
-        wait_limit = (hard_end - time.monotonic_ns()) / 1e9 + 30
-        for process, pipe in workers:
-            if not pipe.poll(max(wait_limit, 30)):
-                raise RuntimeError("a client process did not report")
-            result = pipe.recv()
-            if "error" in result:
-                raise RuntimeError("client process failed: %s" % (result["error"],))
-            results.append(result)
-    finally:
-        for process, pipe in workers:
-            process.join(10)
-            if process.is_alive():
-                os.kill(process.pid, signal.SIGKILL)
-                process.join(10)
-            pipe.close()
+    load = drive_load("127.0.0.1", server.port, token, clients, procs, depth, warmup, seconds,
+                      tag, server.cpu_seconds, use_rid=use_rid, total=total, fill_limit=3600)
+    results, elapsed = load.results, load.elapsed
     window = seconds or 1e-9
-    latencies = array("q")
-    for result in results:
-        latencies.frombytes(result["latencies"])
-    ordered = sorted(latencies)
-    completed = sum(r["completed"] for r in results)
-    elapsed = t1 - t0
-    client_cpu = [r["cpu"] / window for r in results]
-    server_user = (server_cpu1[0] - server_cpu0[0]) / elapsed
-    server_system = (server_cpu1[1] - server_cpu0[1]) / elapsed
+    result = latency_figures(results, window)
+    completed = result["completed"]
+    client_cpu_proc = load.client_cpu_proc
+    server_user = load.per_s(load.sample0[0], load.sample1[0])
+    server_system = load.per_s(load.sample0[1], load.sample1[1])
     server_cpu = server_user + server_system
-    busy = (system1["busy"] - system0["busy"]) / elapsed
-    steal = (system1["steal"] - system0["steal"]) / elapsed
-    mine = {os.getpid(), server.pid} | {process.pid for process, _ in workers}
-    return {
-        "sends_per_s": completed / window,
-        "completed": completed,
-        "errors": sum(r["errors"] for r in results),
-        "p50_ms": percentile(ordered, 50) / 1e6,
-        "p99_ms": percentile(ordered, 99) / 1e6,
-        "p999_ms": percentile(ordered, 99.9) / 1e6,
-        "max_ms": (ordered[-1] / 1e6) if ordered else float("nan"),
+    result.update({
         # Measured from /proc like the server's; the workers' own getrusage
         # figures agree within a few percent.
-        "client_cpu": sum(client_cpu_proc) / elapsed,
+        "client_cpu": load.client_cpu,
         "client_cpu_max_proc": max(client_cpu_proc) / elapsed,
-        "client_cpu_rusage": sum(client_cpu),
+        "client_cpu_rusage": sum(r["cpu"] / window for r in results),
         "server_cpu": server_cpu,
         "server_system_cpu": server_system,
         "server_us_per_send": server_cpu * 1e6 / (completed / window) if completed else float("nan"),
         # Everything else that ran: other processes, kernel threads (the
         # journal, softirq for loopback TCP) and interrupts; steal is CPU
         # the hypervisor gave to other guests.
-        "other_cpu": max(0.0, busy - server_cpu - sum(client_cpu_proc) / elapsed),
-        "steal_cpu": steal,
-        "busiest_others": busiest_others(procs0, procs1, mine, elapsed),
+        "other_cpu": max(0.0, load.busy - server_cpu - load.client_cpu),
+        "steal_cpu": load.steal,
+        "busiest_others": load.busiest_others({server.pid}),
         "max_message": max(r["max_message"] for r in results),
         "unanswered": sum(r.get("unanswered", 0) for r in results),
-    }
-
-
-def percentile(ordered, p: float) -> float:
-    if not ordered:
-        return float("nan")
-    k = min(len(ordered) - 1, max(0, int(round(p / 100.0 * len(ordered) + 0.5)) - 1))
-    return ordered[k]
+    })
+    return result
 
 
 # -- measurements -------------------------------------------------------------------
 
 
 def measure_throughput(args, clients: int, procs: int, label: str) -> dict:
-    idle = wait_idle(args)
+    idle = wait_idle(args.settle)
     workdir = tempfile.mkdtemp(prefix="replichat-bench-")
     server = Server(workdir, os.path.join(workdir, "node-1"), args.snapshot_every,
                     prefix=cprofile_prefix(args, label))
@@ -651,7 +228,7 @@ def measure_throughput(args, clients: int, procs: int, label: str) -> dict:
     try:
         server.start()
         token = setup_accounts(server.port)
-        spy = start_py_spy(args, server, label)
+        spy = start_py_spy(args.py_spy, server.pid, label, args.warmup + args.seconds)
         result = run_load(server, token, clients, procs, 1, args.warmup, args.seconds,
                           args.rid, tag=label)
         finish_py_spy(spy)
@@ -660,9 +237,7 @@ def measure_throughput(args, clients: int, procs: int, label: str) -> dict:
         result["busy_before"] = idle
         return result
     finally:
-        if spy is not None and spy.poll() is None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(timeout=30)
+        finish_py_spy(spy, wait=0)
         server.stop()
         if args.keep:
             log("kept %s" % (workdir,))
@@ -671,35 +246,7 @@ def measure_throughput(args, clients: int, procs: int, label: str) -> dict:
 
 
 def cprofile_prefix(args, label: str):
-    if not args.cprofile:
-        return None
-    os.makedirs(args.cprofile, exist_ok=True)
-    path = os.path.join(args.cprofile, "%s-%d.prof" % (label, time.time_ns()))
-    return [PYTHON, os.path.join(ROOT, "bench", "cprofile_twistd.py"), path]
-
-
-def start_py_spy(args, server: Server, label: str):
-    if not args.py_spy:
-        return None
-    os.makedirs(args.py_spy, exist_ok=True)
-    spy = os.path.join(VENV_BIN, "py-spy")
-    path = os.path.join(args.py_spy, "%s-%d.txt" % (label, time.time_ns()))
-    duration = int(args.warmup + args.seconds)
-    return subprocess.Popen(
-        [spy, "record", "--pid", str(server.pid), "--duration", str(duration),
-         "--rate", "250", "--format", "raw", "--output", path, "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-
-
-def finish_py_spy(spy) -> None:
-    if spy is None:
-        return
-    try:
-        spy.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        spy.send_signal(signal.SIGINT)
-        spy.wait(timeout=30)
+    return cprofile_command(args.cprofile, label) if args.cprofile else None
 
 
 def fill(args, data_root: str) -> dict:
@@ -745,7 +292,7 @@ def du(path: str) -> int:
 
 
 def one_restart(args, data_root: str, label: str) -> dict:
-    wait_idle(args)
+    wait_idle(args.settle)
     node_dir = os.path.join(data_root, "node-1")
     workdir = tempfile.mkdtemp(prefix="replichat-bench-restart-")
     try:
@@ -794,7 +341,7 @@ def measure_restart(args) -> dict:
         for run in range(args.runs):
             workdir = tempfile.mkdtemp(prefix="replichat-bench-empty-")
             try:
-                wait_idle(args)
+                wait_idle(args.settle)
                 server = Server(workdir, os.path.join(workdir, "node-1"), args.snapshot_every)
                 try:
                     empty.append(server.start())
@@ -847,32 +394,6 @@ def measure_restart(args) -> dict:
 
 
 # -- reporting ----------------------------------------------------------------------
-
-
-def summary(values) -> dict:
-    values = [v for v in values if v is not None]
-    if any(not isinstance(v, (int, float)) for v in values):
-        return {"runs": values}
-    if not values:
-        return {"median": None, "min": None, "max": None, "runs": []}
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "runs": values}
-
-
-def machine() -> dict:
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    with open("/proc/loadavg") as f:
-        load = f.read().split()[:3]
-    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-            "kernel": platform.release(), "loadavg_at_start": load}
 
 
 def main(argv=None) -> int:
@@ -937,31 +458,6 @@ def main(argv=None) -> int:
     finally:
         if extracted:
             shutil.rmtree(extracted, ignore_errors=True)
-
-
-def wait_idle(args) -> float:
-    """
-    Wait (at most C{args.settle} seconds) until the machine is nearly idle
-    (less than 10% of one core busy over one second), so that a run does
-    not start while something else (another test suite) is loading it.
-
-    @return: the busy share of one core measured last.
-    """
-    deadline = time.monotonic() + args.settle
-    waited = False
-    while True:
-        before = system_cpu()["busy"]
-        time.sleep(1.0)
-        busy = system_cpu()["busy"] - before
-        if busy < 0.10 or time.monotonic() >= deadline:
-            if waited:
-                log("machine %s (%.0f%% of a core busy)"
-                    % ("idle" if busy < 0.10 else "still busy; going on", 100 * busy))
-            return busy
-        if not waited:
-            log("waiting up to %.0f s for the machine to be idle (%.0f%% of a core busy)"
-                % (args.settle, 100 * busy))
-            waited = True
 
 
 def run_all(args) -> int:
@@ -1031,12 +527,7 @@ def print_table(report: dict, args) -> None:
               % (args.runs, args.seconds, args.warmup, len(TEXT), args.snapshot_every,
                  "on" if args.rid else "off"))
     rows = []
-
-    def row(name, stats, unit, scale=1.0, fmt="%.0f"):
-        if not stats or stats.get("median") is None:
-            return
-        rows.append((name, fmt % (stats["median"] * scale),
-                     (fmt + " - " + fmt) % (stats["min"] * scale, stats["max"] * scale), unit))
+    row = functools.partial(stat_row, rows)
 
     r = report["results"]
     if "sequential" in r:
@@ -1077,14 +568,7 @@ def print_table(report: dict, args) -> None:
                 row("%s: recovery (log line)" % label, y["recovery_s"], "s", fmt="%.3f")
                 rows.append(("%s: replayed" % label, tail, "", ""))
                 row("%s: server RSS" % label, y["rss_mb"], "MiB")
-    width = max(len(name) for name, *_ in rows) if rows else 10
-    out.write("%-*s  %12s  %21s  %s\n" % (width, "measurement", "median", "min - max", "unit"))
-    out.write("-" * (width + 48) + "\n")
-    for name, median, spread, unit in rows:
-        if unit == "" and spread == "":
-            out.write("%-*s  %s\n" % (width, name, median))
-        else:
-            out.write("%-*s  %12s  %21s  %s\n" % (width, name, median, spread, unit))
+    write_table(out, rows)
     if "restart" in r:
         x = r["restart"]
         out.write("\nrestart data: %s, %.0f MiB on disk (snapshots %.0f MiB), %d messages, filled in %.0f s\n"
