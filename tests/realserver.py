@@ -18,17 +18,10 @@ import time
 
 import yaml
 
+from replichat.testing.chaosservers import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-
-def free_port() -> int:
-    """
-    A TCP port on 127.0.0.1 that nothing listens on right now.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LineClient:
@@ -114,23 +107,44 @@ class RealServer:
         Start and wait until the client port answers C{hello}.
         """
         self.spawn(env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        why = self.wait_serving(time.monotonic() + timeout)
+        if why == "exited":
+            raise AssertionError("server exited with %s:\n%s"
+                                 % (self.process.returncode, self.output()))
+        if why == "timeout":
+            self.stop()
+            raise AssertionError("server did not start within %ss:\n%s"
+                                 % (timeout, self.output()))
+        return self
+
+    def wait_serving(self, deadline: float, hello: bool = True,
+                     pause: float = 0.05) -> str | None:
+        """
+        Wait until the spawned process's client port takes a connection
+        and, if C{hello}, answers C{hello} on it (an error answer raises
+        L{AssertionError}), trying again every C{pause} seconds until
+        C{deadline} (on the L{time.monotonic} clock).
+
+        @return: L{None} once it does; C{"exited"} if the process exited
+            first, C{"timeout"} if the deadline passed first.
+        """
+        while True:
             if self.process.poll() is not None:
-                raise AssertionError("server exited with %s:\n%s"
-                                     % (self.process.returncode, self.output()))
+                return "exited"
             try:
-                client = LineClient(self.port, timeout=2, host=self.host)
+                client = self.client(timeout=2)
             except OSError:
-                time.sleep(0.05)
-                continue
-            try:
-                client.ok("hello")
-            finally:
-                client.close()
-            return self
-        self.stop()
-        raise AssertionError("server did not start within %ss:\n%s" % (timeout, self.output()))
+                pass
+            else:
+                try:
+                    if hello:
+                        client.ok("hello")
+                finally:
+                    client.close()
+                return None
+            if time.monotonic() > deadline:
+                return "timeout"
+            time.sleep(pause)
 
     def client(self, timeout: float = 10.0) -> LineClient:
         return LineClient(self.port, timeout=timeout, host=self.host)
@@ -273,8 +287,9 @@ class RealCluster:
     def start(self, *ids: int, join: int | None = None, timeout: float = 20.0) -> None:
         """
         Start the given servers (all of the cluster's when none is given),
-        together, and wait until each answers C{hello}.  C{join}: the id of
-        a member whose peer address to pass as C{--join}.
+        together, and wait until each one's client port takes a connection
+        (not for an answer: see L{RealServer.wait_serving}).  C{join}: the
+        id of a member whose peer address to pass as C{--join}.
         """
         ids = ids or tuple(i for i in self.servers if self.servers[i].config_path
                            == self.config_path)
@@ -287,19 +302,13 @@ class RealCluster:
         deadline = time.monotonic() + timeout
         for i in ids:
             server = self.servers[i]
-            while True:
-                if server.process.poll() is not None:
-                    raise AssertionError("server %d exited with %s\n%s"
-                                         % (i, server.process.returncode, self.logs()))
-                try:
-                    server.client(timeout=2).close()
-                    break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError("server %d did not listen within %ss\n%s"
-                                         % (i, timeout, self.logs()))
-                time.sleep(0.02)
+            why = server.wait_serving(deadline, hello=False, pause=0.02)
+            if why == "exited":
+                raise AssertionError("server %d exited with %s\n%s"
+                                     % (i, server.process.returncode, self.logs()))
+            if why == "timeout":
+                raise AssertionError("server %d did not listen within %ss\n%s"
+                                     % (i, timeout, self.logs()))
 
     def kill(self, node_id: int) -> None:
         """

@@ -1212,6 +1212,24 @@ class Heal:
         return {"id": origin_id(self.epoch, index), "from": sender, "to": to, "text": text,
                 "sent_at": 1.0}
 
+    def send(self, client, to: str, text: str, index: int):
+        """
+        C{client}'s send of C{text} to C{to}, answered by the losing side
+        with the message its entry at C{index} made.
+        """
+        message = self.message(index, self.run.users[client], to, text)
+        return self.answered(client, "send", {"to": to, "text": text}, {"message": message})
+
+    def merge_send(self, record, index: int, to: int, who: int | None = None):
+        """
+        L{merge} the losing side's send at C{index} of C{record} (a send):
+        its text to the account id C{to}, as the account id C{who} (by
+        default, that of the account C{record}'s client was logged in as).
+        """
+        who = self.run.uid(record.user) if who is None else who
+        command = {"op": "send", "who": who, "to": to, "text": record.args["text"]}
+        return self.merge(command, index, record)
+
 
 class PartitionTests(SynchronousTestCase):
     """
@@ -1235,12 +1253,10 @@ class PartitionTests(SynchronousTestCase):
                     "password": PASSWORD}, 30, record)
         bob_here = origin_id(2, 30)
         self.assertEqual(run.state.aliases, {bob_here: run.uid("bob")})
-        send = heal.answered("a", "send", {"to": "bob", "text": "late"},
-                             {"message": heal.message(31, "alice", "bob", "late")})
+        send = heal.send("a", "bob", "late", 31)
         run.login("b", "bob")
         run.delete_account("b")
-        outcome = heal.merge({"op": "send", "who": run.uid("alice"), "to": bob_here,
-                              "text": "late"}, 31, send)
+        outcome = heal.merge_send(send, 31, bob_here)
         self.assertEqual(outcome.error.code, errors.NO_SUCH_USER)
         report = run.check(partitioned=True)
         self.assertEqual(report.anomalies, [], report.describe(run.history))
@@ -1256,19 +1272,15 @@ class PartitionTests(SynchronousTestCase):
         run.account("a", "alice")
         heal = Heal(run)
         # Its own account id is one that never existed.
-        nowhere = heal.answered("a", "send", {"to": "alice", "text": "x"},
-                                {"message": heal.message(20, "alice", "alice", "x")})
-        outcome = heal.merge({"op": "send", "who": 12345, "to": run.uid("alice"),
-                              "text": "x"}, 20, nowhere)
+        nowhere = heal.send("a", "alice", "x", 20)
+        outcome = heal.merge_send(nowhere, 20, run.uid("alice"), who=12345)
         self.assertEqual(outcome.error.code, errors.NOT_LOGGED_IN)
         # The recipient's account is merged only after the send, and
         # deleted later still.
         heal.answered("z", "create_account", {"username": "zed", "password": "pw"},
                       {"username": "zed"})
-        early = heal.answered("a", "send", {"to": "zed", "text": "y"},
-                              {"message": heal.message(22, "alice", "zed", "y")})
-        outcome = heal.merge({"op": "send", "who": run.uid("alice"),
-                              "to": origin_id(2, 21), "text": "y"}, 22, early)
+        early = heal.send("a", "zed", "y", 22)
+        outcome = heal.merge_send(early, 22, origin_id(2, 21))
         self.assertEqual(outcome.error.code, errors.NO_SUCH_USER)
         heal.merge({"op": "create_account", "who": None, "username": "zed",
                     "password": PASSWORD}, 21, run.history.ops[-2])
@@ -1330,8 +1342,7 @@ class PartitionTests(SynchronousTestCase):
         unaliased = run.check(partitioned=True).kinds()
         self.assertEqual(unaliased, {H.WRONG_ANSWER: 1, H.UNCOMMITTED_READ: 2})
 
-        heal.merge({"op": "send", "who": run.uid("alice"), "to": run.uid("bob"),
-                    "text": "both"}, 60, record)
+        heal.merge_send(record, 60, run.uid("bob"))
         self.assertEqual(run.state.aliases, {theirs["id"]: winner.result["message"]["id"]})
         report = run.check(partitioned=True)
         self.assertEqual(report.anomalies, [], report.describe(run.history))
@@ -1399,8 +1410,7 @@ class PartitionTests(SynchronousTestCase):
         run.account("a", "alice")
         record, _ = run.send("a", "alice", "x")
         with failpoints.planted(failpoints.FORGET_RID_DEDUPE):
-            Heal(run).merge({"op": "send", "who": run.uid("alice"), "to": run.uid("alice"),
-                             "text": "x"}, 50, record)
+            Heal(run).merge_send(record, 50, run.uid("alice"))
             kinds = run.check(partitioned=True).kinds()
         self.assertIn(H.DUPLICATE, kinds)
 
@@ -1415,14 +1425,12 @@ class PartitionTests(SynchronousTestCase):
         run.account("a", "alice")
         run.account("b", "bob")
         heal = Heal(run)
-        sent = heal.answered("a", "send", {"to": "bob", "text": "hi"},
-                             {"message": heal.message(80, "alice", "bob", "hi")})
+        sent = heal.send("a", "bob", "hi", 80)
         first, outcome = run.read("b", answer=False)
         self.assertEqual(outcome.result, {"messages": [], "remaining": 0})
         run.history.ok(first, {"messages": [heal.message(80, "alice", "bob", "hi")],
                                "remaining": 0}, run.tick())
-        heal.merge({"op": "send", "who": run.uid("alice"), "to": run.uid("bob"),
-                    "text": "hi"}, 80, sent)
+        heal.merge_send(sent, 80, run.uid("bob"))
         again, outcome = run.read("b")
         self.assertEqual(len(outcome.result["messages"]), 1)
         report = run.check(partitioned=True)
@@ -1441,15 +1449,13 @@ class PartitionTests(SynchronousTestCase):
         run = Run()
         run.account("a", "alice")
         heal = Heal(run)
-        early = heal.answered("a", "send", {"to": "alice", "text": "one"},
-                              {"message": heal.message(90, "alice", "alice", "one")})
+        early = heal.send("a", "alice", "one", 90)
         run.send("a", "alice", "two")
         # The first's retry reached the winner late, and the loser's entry
         # was handed in.
         run.commit({"op": "send", "who": run.uid("alice"), "to": run.uid("alice"),
                     "text": "one", "ts": run.tick(), "rid": early.rid, "fp": "fp-" + early.rid})
-        heal.merge({"op": "send", "who": run.uid("alice"), "to": run.uid("alice"),
-                    "text": "one"}, 90, early)
+        heal.merge_send(early, 90, run.uid("alice"))
         report = run.check(partitioned=True)
         self.assertEqual(report.anomalies, [], report.describe(run.history))
         self.assertIn(H.REALTIME, run.check().kinds())
@@ -1474,10 +1480,8 @@ class CompactedPartitionTests(SynchronousTestCase):
         heal.merge({"op": "create_account", "who": None, "username": "dup",
                     "password": PASSWORD}, 20, dup)
         # Sent to dup~2 on the losing side.
-        to_dup = heal.answered("a", "send", {"to": "dup", "text": "for dup"},
-                               {"message": heal.message(21, "alice", "dup", "for dup")})
-        heal.merge({"op": "send", "who": run.uid("alice"), "to": origin_id(2, 20),
-                    "text": "for dup"}, 21, to_dup)
+        to_dup = heal.send("a", "dup", "for dup", 21)
+        heal.merge_send(to_dup, 21, origin_id(2, 20))
         # Refused by the losing side, applied by the winner.
         record, _ = run.create("c", "carol", answer=False)
         run.history.fail(record, errors.USERNAME_TAKEN, run.tick())
@@ -1498,11 +1502,10 @@ class CompactedPartitionTests(SynchronousTestCase):
         run.push("e", sent.result["message"])
         run.delete_account("e")
         # Dropped with bob's account, deleted by the winner.
-        late = heal.answered("a", "send", {"to": "bob", "text": "late"},
-                             {"message": heal.message(23, "alice", "bob", "late")})
+        late = heal.send("a", "bob", "late", 23)
         bob = run.uid("bob")
         run.delete_account("b")
-        heal.merge({"op": "send", "who": run.uid("alice"), "to": bob, "text": "late"}, 23, late)
+        heal.merge_send(late, 23, bob)
         # Listed while it existed.
         listing = run.history.invoke("x", "list_accounts", {}, at=run.tick())
         run.history.ok(listing, {"accounts": ["alice", "dup", "dup~2", "eve"], "total": 4},
@@ -1582,11 +1585,9 @@ class StaleReadTests(SynchronousTestCase):
         run.account("a", "alice")
         run.account("b", "bob")
         heal = Heal(run)
-        sent = heal.answered("a", "send", {"to": "bob", "text": "acked"},
-                             {"message": heal.message(9, "alice", "bob", "acked")})
+        sent = heal.send("a", "bob", "acked", 9)
         read, _ = run.read("b")
-        heal.merge({"op": "send", "who": run.uid("alice"), "to": run.uid("bob"),
-                    "text": "acked"}, 9, sent)
+        heal.merge_send(sent, 9, run.uid("bob"))
         return run, sent, read
 
     def test_stale(self):
@@ -1634,10 +1635,8 @@ class StaleReadTests(SynchronousTestCase):
         run.account("a", "alice")
         run.account("b", "bob")
         heal = Heal(run)
-        sent = heal.answered("a", "send", {"to": "bob", "text": "acked"},
-                             {"message": heal.message(9, "alice", "bob", "acked")})
-        heal.merge({"op": "send", "who": run.uid("alice"), "to": run.uid("bob"),
-                    "text": "acked"}, 9, sent)
+        sent = heal.send("a", "bob", "acked", 9)
+        heal.merge_send(sent, 9, run.uid("bob"))
         at = len(run.entries)
         read, outcome = run.read("b", answer=False)
         run.history.ok(read, {"messages": [], "remaining": 0}, run.tick())

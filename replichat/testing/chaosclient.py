@@ -24,11 +24,7 @@ from twisted.internet.task import deferLater
 
 from replichat.testing.chaosconnection import LineConnection, RequestTimeout, client_endpoint
 from replichat.testing.chaosservers import ChaosCluster
-
-#: The ops that only a serving leader takes (an acknowledged one names it).
-WRITE_OPS = frozenset(
-    {"create_account", "login", "logout", "send", "read", "delete_messages", "delete_account"}
-)
+from replichat.testing.history import WRITES
 
 #: Seconds a client waits for one answer before the outcome is unknown:
 #: longer than a failover, short enough that a client stuck on a stopped
@@ -177,7 +173,8 @@ class RecordingClient:
             return "unknown", {"why": type(error).__name__}
         if answer.get("ok"):
             self.trace.append((record.number, connection.node, "ok", self._now()))
-            self.shared.leader = connection.node if op in WRITE_OPS else self.shared.leader
+            # (Only a serving leader takes a write: an acknowledged one names it.)
+            self.shared.leader = connection.node if op in WRITES else self.shared.leader
             return "ok", answer
         code = (answer.get("error") or {}).get("code", "?")
         self.trace.append((record.number, connection.node, code, self._now()))

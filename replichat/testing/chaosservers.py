@@ -29,7 +29,7 @@ from replichat.testing.chaosserve import PARENT_ENV, PLANT_ENV, ROUTES_ENV
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     """
     A TCP port on C{host} that nothing listens on right now (the kernel's
     choice, as the tests make, so runs and tests do not collide).

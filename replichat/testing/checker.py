@@ -80,7 +80,7 @@ defined in L{replichat.testing.checkerreport}.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable
+from typing import Any, Iterable
 
 from replichat.jsonwire import DECODER
 from replichat.testing.checkermatching import _base_name
@@ -162,6 +162,8 @@ class _Checker(_ServerChecks, _WriteChecks, _ReadChecks):
     One run of L{check}: each C{check_*} method adds what it finds to
     C{report}.  The checks come by family from the mixins; this replays
     the committed log and indexes it for them.
+
+    @ivar ops: the history's L{Op}s, listed once by L{run}.
     """
 
     def __init__(
@@ -185,7 +187,7 @@ class _Checker(_ServerChecks, _WriteChecks, _ReadChecks):
 
     def run(self) -> Report:
         stats = self.report.stats
-        ops = self.history.ops
+        self.ops = ops = self.history.ops
         stats["ops"] = len(ops)
         for op in ops:
             stats["ops " + (op.status or UNKNOWN)] += 1
@@ -248,11 +250,11 @@ class _Checker(_ServerChecks, _WriteChecks, _ReadChecks):
         self.index_base()
         self.dropped: set = set()  # ids of acknowledged messages dropped with an account
         self.rid_less_sends = {
-            op.args.get("text") for op in self.history.ops if op.op == "send" and op.rid is None
+            op.args.get("text") for op in self.ops if op.op == "send" and op.rid is None
         }
         self.rid_less_names = {
             _base_name(op.args.get("username"))
-            for op in self.history.ops
+            for op in self.ops
             if op.op == "create_account" and op.rid is None
         }
         self.report.stats["messages"] = len(self.created)
@@ -269,14 +271,17 @@ class _Checker(_ServerChecks, _WriteChecks, _ReadChecks):
         self.base_messages = {} if base is None else base.messages
         self.base_sessions = {} if base is None else base.sessions
         self.base_rids = {} if base is None else base.rids
+        # rid -> its remembered answer's result, decoded
+        self.base_results: dict[str, Any] = {}
         self.base_sent: dict[int, dict] = {}  # message id -> its wire form
         self.base_deleted: set[int] = set()  # uids deleted before the replay's start
         self.base_deleted_names: set[str] = set()
         if base is None:
             return
         self.names_created.update(_base_name(a.username) for a in base.accounts.values())
-        for _, _, result, _, _ in base.rids.values():
+        for rid, (_, _, result, _, _) in base.rids.items():
             value = None if result is None else DECODER.decode(result)
+            self.base_results[rid] = value
             if not isinstance(value, dict):
                 continue
             if isinstance(value.get("username"), str):  # create_account, login
@@ -284,7 +289,7 @@ class _Checker(_ServerChecks, _WriteChecks, _ReadChecks):
             message = value.get("message")
             if isinstance(message, dict) and isinstance(message.get("id"), int):
                 self.base_sent[message["id"]] = message
-        for op in self.history.ops:
+        for op in self.ops:
             kept = self.base_rids.get(op.rid) if op.rid is not None else None
             if (
                 op.op == "delete_account"

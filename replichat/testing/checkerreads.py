@@ -25,8 +25,9 @@ from replichat.testing.replicas import Applied
 class _ReadChecks:
     """
     The reads' checks of L{replichat.testing.checker._Checker}, which mixes
-    them in and gives them C{history}, C{partitioned}, C{replay}, C{flag},
-    C{canon} and the indexes of the committed log (C{_Checker.index_log}).
+    them in and gives them C{history}, its C{ops}, C{partitioned}, C{replay},
+    C{flag}, C{canon} and the indexes of the committed log
+    (C{_Checker.index_log}).
     """
 
     def viewer_uid(self, session: str | None) -> int | None:
@@ -194,7 +195,7 @@ class _ReadChecks:
         """
         base = self.replay.base_state
         sends = defaultdict(list)  # recipient uid -> [(acknowledged at, op, id, index)]
-        for op in self.history.ops:
+        for op in self.ops:
             if op.op != "send" or op.status != OK or op.completed_at is None:
                 continue
             message = op.result.get("message") if isinstance(op.result, dict) else None
@@ -215,7 +216,7 @@ class _ReadChecks:
             # (Else not committed, reported as lost; or gone before the snapshot.)
         for acknowledged in sends.values():
             acknowledged.sort(key=lambda t: t[0])
-        for op in self.history.ops:
+        for op in self.ops:
             if op.op != "read" or op.status != OK or op.rid is None or op.invoked_at is None:
                 continue
             result = op.result

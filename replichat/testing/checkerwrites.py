@@ -16,7 +16,6 @@ from typing import Any
 from attrs import frozen
 
 from replichat import errors
-from replichat.jsonwire import DECODER
 from replichat.testing.checkermatching import (
     _asked_keys,
     _base_name,
@@ -107,9 +106,10 @@ class _Answer:
 class _WriteChecks:
     """
     The writes' checks of L{replichat.testing.checker._Checker}, which
-    mixes them in and gives them C{history}, C{partitioned}, C{replay},
-    C{flag}, C{canon} and the indexes of the committed log
-    (C{_Checker.index_log}); C{check_shown} comes from
+    mixes them in and gives them C{history}, its C{ops}, C{partitioned},
+    C{replay}, C{flag}, C{canon} and the indexes of the committed log
+    (C{_Checker.index_log}, with the snapshot's decoded rid memory
+    C{base_results}); C{check_shown} comes from
     L{replichat.testing.checkerreads._ReadChecks}.
     """
 
@@ -189,8 +189,8 @@ class _WriteChecks:
         command re-proposed after a heal the snapshot does not say; in a run
         with partitions it may have, and it is judged as if it had.
         """
-        _, _, result, error, _ = self.base_rids[op.rid]
-        result = None if result is None else DECODER.decode(result)
+        error = self.base_rids[op.rid][3]
+        result = self.base_results[op.rid]
         code = None if error is None else error[0]
         return _Answer(
             code is None, code is None, result, code, self.partitioned,
@@ -208,7 +208,7 @@ class _WriteChecks:
         )
 
     def check_writes(self) -> None:
-        for op in self.history.ops:
+        for op in self.ops:
             if op.op not in WRITES:
                 continue
             self.report.stats["writes checked"] += 1
@@ -367,9 +367,8 @@ class _WriteChecks:
         """
         Every committed client command was asked for by some client.
         """
-        by_rid = {op.rid: op for op in self.history.ops if op.rid is not None}
         asked = Counter()
-        for op in self.history.ops:
+        for op in self.ops:
             asked.update(_asked_keys(op))
         for applied in self.replay.applied:
             command = applied.command
@@ -378,7 +377,7 @@ class _WriteChecks:
                 continue
             rid = command.get("rid")
             if rid is not None and not rid.startswith(_ORIGIN_RID):
-                op = by_rid.get(rid)
+                op = self.history.op_for(rid)
                 if op is None:
                     self.flag(
                         PHANTOM,
@@ -410,7 +409,7 @@ class _WriteChecks:
         acknowledgement may have come from the minority).
         """
         placed = []
-        for op in self.history.ops:
+        for op in self.ops:
             if op.rid is None or op.invoked_at is None or op.op == "login":
                 continue
             first = next((a for a in self.by_rid.get(op.rid, ()) if not a.duplicate), None)

@@ -163,6 +163,12 @@ class History:
     def pushes(self) -> list[Push]:
         return [e for e in self.events if isinstance(e, Push)]
 
+    def op_for(self, rid: str) -> Op | None:
+        """
+        The L{Op} that was invoked with request id C{rid}, if any.
+        """
+        return self._rids.get(rid)
+
     def invoke(
         self,
         client: str,

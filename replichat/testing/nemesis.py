@@ -85,10 +85,14 @@ class Nemesis:
 
     # -- crashes ---------------------------------------------------------------------
 
+    def _restart_later(self, node_id: int) -> None:
+        # Restart a crashed server in a while (unless the heal does first).
+        self.later(self.rng.uniform(0.2, 3.0), self.sim.restart, node_id)
+
     def _crash(self, node_id: int, kind: str, how: str = "") -> None:
         self.count(kind, "crash %d%s" % (node_id, how))
         self.sim.crash(node_id)
-        self.later(self.rng.uniform(0.2, 3.0), self.sim.restart, node_id)
+        self._restart_later(node_id)
 
     def fault_crash(self) -> None:
         running = self.running()
@@ -163,19 +167,14 @@ class Nemesis:
         mode = self.armed.get(node_id)
         if mode in ("before", "after", "soon"):
             del self.armed[node_id]
-        if mode == "before":
-            self.count("crash-at-sync", "crash %d in its fsync (lost)" % (node_id,))
+        if mode in ("before", "after"):
+            durable = mode == "after"
+            how = "after its fsync (nothing sent)" if durable else "in its fsync (lost)"
+            self.count("crash-at-sync", "crash %d %s" % (node_id, how))
             node = sim.cluster.nodes[node_id]
-            sim.cluster.crash_at_sync(node_id, sync, durable=False)
+            sim.cluster.crash_at_sync(node_id, sync, durable=durable)
             sim.crashed(node_id, node)
-            self.later(self.rng.uniform(0.2, 3.0), sim.restart, node_id)
-            return True
-        if mode == "after":
-            self.count("crash-at-sync", "crash %d after its fsync (nothing sent)" % (node_id,))
-            node = sim.cluster.nodes[node_id]
-            sim.cluster.crash_at_sync(node_id, sync, durable=True)
-            sim.crashed(node_id, node)
-            self.later(self.rng.uniform(0.2, 3.0), sim.restart, node_id)
+            self._restart_later(node_id)
             return True
         if mode == "soon":
             sync()

@@ -115,28 +115,28 @@ class Applied:
     created: bool = False  # a send or create_account that made a new id
     # The command with the ids it names (who, to, ids) resolved through the
     # aliases known when it was applied, as the state machine applied it.
-    resolved: dict | None = None
+    resolved: dict = field(kw_only=True)
 
     @property
     def who(self) -> int | None:
         """
         The account the command was applied to, after alias resolution.
         """
-        return (self.command if self.resolved is None else self.resolved).get("who")
+        return self.resolved.get("who")
 
     @property
     def to(self) -> int | None:
         """
         A send's recipient, after alias resolution.
         """
-        return (self.command if self.resolved is None else self.resolved).get("to")
+        return self.resolved.get("to")
 
     @property
     def ids(self) -> list:
         """
         A C{delete_messages}' ids, after alias resolution.
         """
-        return list((self.command if self.resolved is None else self.resolved).get("ids") or ())
+        return list(self.resolved.get("ids") or ())
 
     @property
     def merged(self) -> bool:
@@ -236,7 +236,11 @@ class _Replay:
         else:
             state = ChatState.from_snapshot(snapshot.data)
             self.base_state = ChatState.from_snapshot(snapshot.data)
-        self._check_snapshots(replicas, state, start)
+        based: dict[int, list[Replica]] = {}  # snapshot index -> the replicas based on it
+        for replica in replicas:
+            if replica.base is not None:
+                based.setdefault(replica.base.index, []).append(replica)
+        self._check_snapshots(based, state, start)
         if start in wanted:
             self.digests[start] = state.digest()
         for index in range(start + 1, top + 1):
@@ -260,13 +264,24 @@ class _Replay:
             )
             if index in wanted:
                 self.digests[index] = state.digest()
-            self._check_snapshots(replicas, state, index)
+            self._check_snapshots(based, state, index)
         self.state = state
 
-    def _check_snapshots(self, replicas: list[Replica], state: ChatState, index: int) -> None:
-        for replica in replicas:
-            base = replica.base
-            if base is not None and base.index == index and base.data != state.to_snapshot():
+    def _check_snapshots(
+        self, based: dict[int, list[Replica]], state: ChatState, index: int
+    ) -> None:
+        """
+        Report every replica whose snapshot at C{index} is not C{state}.
+
+        @param based: the replicas by the index of the snapshot their log
+            starts from.
+        """
+        holders = based.get(index)
+        if not holders:
+            return
+        data = state.to_snapshot()
+        for replica in holders:
+            if replica.base.data != data:
                 self.report.anomalies.append(
                     Anomaly(
                         STATE,

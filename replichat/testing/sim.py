@@ -58,6 +58,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any, Iterator
 
+from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import globalLogPublisher
 
@@ -477,8 +478,7 @@ def run_seed(seed: int, settings: Settings | None = None, **overrides: Any) -> R
     """
     base = settings or Settings()
     if overrides:
-        base = Settings(**{**{a.name: getattr(base, a.name) for a in Settings.__attrs_attrs__},
-                           **overrides})
+        base = evolve(base, **overrides)
     settings = base.for_seed(seed)
     started = time.perf_counter()
     sim = Simulation(seed, settings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 MODES = ("safety", "liveness")
 
@@ -86,5 +86,4 @@ class Settings:
         mode = MODES[seed % 2] if self.mode == "both" else self.mode
         scenario = self.scenario or pick.choice(sorted(SCENARIOS))
         servers = self.servers or pick.choice((3, 3, 3, 3, 3, 3, 4, 5))
-        return Settings(mode, scenario, servers, self.clients, self.ops, self.faulty,
-                        self.quiet, self.progress, self.snapshot_every)
+        return evolve(self, mode=mode, scenario=scenario, servers=servers)
